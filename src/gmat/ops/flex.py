@@ -1,0 +1,79 @@
+"""The ``flex`` backend: FlexAttention with a BlockMask built from ``AttentionPattern.mask_fn``.
+
+The pattern-only BlockMask is cached per (pattern, M+L, device); a batch with padding gets its own
+BlockMask (padding is per example). ``flex_attention`` is compiled lazily on first use, never at import.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+
+from gmat.ops.pattern import AttentionPattern
+
+__all__ = ["flex_attention_gmat", "flex_block_mask"]
+
+
+@functools.cache
+def _compiled_flex() -> Callable[..., torch.Tensor]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _mask_mod(pattern: AttentionPattern, key_valid: torch.Tensor | None) -> Callable[..., torch.Tensor]:
+    allowed = pattern.mask_fn()
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        ok = allowed(q_idx, kv_idx)
+        if key_valid is not None:
+            ok = ok & key_valid[b, kv_idx]
+        return ok
+
+    return mask_mod
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_block_mask(pattern: AttentionPattern, n: int, device: torch.device):  # noqa: ANN202
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(_mask_mod(pattern, None), B=None, H=None, Q_LEN=n, KV_LEN=n, device=device)
+
+
+def flex_block_mask(pattern: AttentionPattern, n: int, device: torch.device,
+                    attention_mask: torch.Tensor | None = None):  # noqa: ANN201
+    """The BlockMask for ``[mem ; seq]`` of length ``n = M+L``, cached when there is no padding."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if attention_mask is None:
+        return _cached_block_mask(pattern, n, torch.device(device))
+    bsz = attention_mask.shape[0]
+    key_valid = torch.cat([attention_mask.new_ones(bsz, pattern.num_memory), attention_mask], dim=1)
+    return create_block_mask(_mask_mod(pattern, key_valid), B=bsz, H=None, Q_LEN=n, KV_LEN=n, device=device)
+
+
+def flex_attention_gmat(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: AttentionPattern,
+    attention_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """GMAT attention through FlexAttention (dropout unsupported; the dispatcher refuses it).
+
+    Args:
+        q, k, v: ``(B, H, M+L, D)``, memory rows first.
+        pattern: the attention pattern.
+        attention_mask: optional ``(B, L)`` bool, True = real token.
+        dropout_p: must be 0.
+        scale: softmax scale, default ``1/sqrt(D)``.
+
+    Returns:
+        ``(B, H, M+L, D)``; fully masked rows are zero (FlexAttention's convention).
+    """
+    block_mask = flex_block_mask(pattern, q.shape[-2], q.device, attention_mask)
+    return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale)

@@ -1,0 +1,175 @@
+"""The GMAT attention pattern: the single place that knows which query may attend to which key.
+
+The hidden state is ``Z = [X_mem ; X_seq]`` of shape ``(B, M+L, d)``, memory rows first. Index
+``t < M`` is memory slot ``t``; index ``t >= M`` is sequence position ``t - M``.
+
+Example, ``AttentionPattern(num_memory=2, kind="chunked", chunk_size=3)`` with L = 6
+(``m`` memory, ``s`` sequence; ``1`` = allowed)::
+
+            m m | s s s s s s
+        m   1 1 | 1 1 1 1 1 1
+        m   1 1 | 1 1 1 1 1 1
+        s   1 1 | 1 1 1 . . .
+        s   1 1 | 1 1 1 . . .
+        s   1 1 | 1 1 1 . . .
+        s   1 1 | . . . 1 1 1
+        s   1 1 | . . . 1 1 1
+        s   1 1 | . . . 1 1 1
+
+Padding (``attention_mask`` False at sequence position j) removes key column ``M + j`` for every query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["AttentionPattern", "PATTERN_KINDS", "and_masks", "or_masks"]
+
+PATTERN_KINDS = ("chunked", "window", "dense")
+
+MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def or_masks(*fns: MaskFn) -> MaskFn:
+    """Combine predicates ``(q_idx, kv_idx) -> bool tensor`` with logical or."""
+
+    def combined(q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        out = fns[0](q_idx, kv_idx)
+        for fn in fns[1:]:
+            out = out | fn(q_idx, kv_idx)
+        return out
+
+    return combined
+
+
+def and_masks(*fns: MaskFn) -> MaskFn:
+    """Combine predicates ``(q_idx, kv_idx) -> bool tensor`` with logical and."""
+
+    def combined(q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        out = fns[0](q_idx, kv_idx)
+        for fn in fns[1:]:
+            out = out & fn(q_idx, kv_idx)
+        return out
+
+    return combined
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class AttentionPattern:
+    """Memory slots plus a sparse pattern over the sequence (DESIGN.md §1).
+
+    Args:
+        num_memory: M, the number of global memory slots (rows ``0..M-1`` of the hidden state).
+        kind: ``"chunked"`` (disjoint chunks of ``chunk_size``), ``"window"`` (band of one-sided radius
+            ``window``, inclusive) or ``"dense"`` (every sequence key).
+        chunk_size: C, required for ``"chunked"``, must be unset otherwise.
+        window: w, required for ``"window"``, must be unset otherwise.
+
+    Raises:
+        ValueError: on an unknown kind, a missing or superfluous size, or a negative/zero size.
+    """
+
+    num_memory: int
+    kind: str
+    chunk_size: int | None = None
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("num_memory", self.num_memory, 0)
+        if self.kind not in PATTERN_KINDS:
+            raise ValueError(f"kind must be one of {PATTERN_KINDS}, got {self.kind!r}")
+        if self.kind == "chunked":
+            if self.chunk_size is None:
+                raise ValueError("chunk_size is required for kind='chunked', got None")
+            _check_int("chunk_size", self.chunk_size, 1)
+        elif self.chunk_size is not None:
+            raise ValueError(f"chunk_size is only valid for kind='chunked', got {self.chunk_size!r} "
+                             f"with kind={self.kind!r}")
+        if self.kind == "window":
+            if self.window is None:
+                raise ValueError("window is required for kind='window', got None")
+            _check_int("window", self.window, 0)
+        elif self.window is not None:
+            raise ValueError(f"window is only valid for kind='window', got {self.window!r} "
+                             f"with kind={self.kind!r}")
+
+    # ---- predicates over sequence indices (memory excluded) ---------------------------------------
+    def local_fn(self) -> MaskFn:
+        """Predicate ``N(i) ∋ j`` over *sequence* indices i, j (tensors, broadcastable)."""
+        if self.kind == "chunked":
+            c = self.chunk_size
+            return lambda i, j: (i // c) == (j // c)
+        if self.kind == "window":
+            w = self.window
+            return lambda i, j: (i - j).abs() <= w
+        return lambda i, j: torch.ones_like(i == j)
+
+    def mask_fn(self) -> MaskFn:
+        """Predicate over joint indices ``t ∈ [0, M+L)`` of ``[mem ; seq]`` (padding not included).
+
+        A query may see a key if either is a memory slot, or both are sequence positions with
+        ``j ∈ N(i)``.
+        """
+        m = self.num_memory
+        local = self.local_fn()
+
+        def is_memory_query(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+            return q < m
+
+        def is_memory_key(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+            return kv < m
+
+        def local_pair(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+            return (q >= m) & (kv >= m) & local(q - m, kv - m)
+
+        return or_masks(is_memory_query, is_memory_key, local_pair)
+
+    def to_dense(self, seq_len: int, attention_mask: torch.Tensor | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+        """Materialise the boolean mask over ``[mem ; seq]``.
+
+        Args:
+            seq_len: L.
+            attention_mask: optional ``(B, L)`` bool, True = real token.
+            device: where to build it (defaults to the mask's device, else CPU).
+
+        Returns:
+            ``(M+L, M+L)`` bool without padding, or ``(B, 1, M+L, M+L)`` with it. True = may attend.
+        """
+        if device is None:
+            device = attention_mask.device if attention_mask is not None else "cpu"
+        n = self.num_memory + seq_len
+        idx = torch.arange(n, device=device)
+        allowed = self.mask_fn()(idx[:, None], idx[None, :])  # (M+L, M+L)
+        if attention_mask is None:
+            return allowed
+        mem_valid = torch.ones(attention_mask.shape[0], self.num_memory, dtype=torch.bool, device=device)
+        key_valid = torch.cat([mem_valid, attention_mask.to(device=device, dtype=torch.bool)], dim=1)
+        return allowed[None, None] & key_valid[:, None, None, :]  # (B, 1, M+L, M+L)
+
+    def to_ascii(self, seq_len: int) -> str:
+        """Render the mask for a small L as rows of ``1``/``.`` (for docs and golden tests)."""
+        dense = self.to_dense(seq_len)
+        return "\n".join("".join("1" if x else "." for x in row.tolist()) for row in dense)
+
+    def allowed_pairs(self, seq_len: int) -> int:
+        """Number of (query, key) pairs the pattern allows without padding (for FLOP counting)."""
+        m, n = self.num_memory, seq_len
+        if self.kind == "dense":
+            local = n * n
+        elif self.kind == "chunked":
+            full, rest = divmod(n, self.chunk_size)
+            local = full * self.chunk_size**2 + rest * rest
+        else:
+            w = self.window
+            i = torch.arange(n, dtype=torch.int64)
+            local = int((torch.clamp(i + w, max=n - 1) - torch.clamp(i - w, min=0) + 1).sum())
+        return m * (m + n) + n * m + local

@@ -1,0 +1,50 @@
+"""The oracle: dense eager attention over the materialised (M+L)² mask, softmax in fp32.
+
+Quadratic in memory and time; meant for correctness checks and small L only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from gmat.ops.pattern import AttentionPattern
+
+__all__ = ["reference_attention"]
+
+
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: AttentionPattern,
+    attention_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """GMAT attention by definition (inputs assumed validated by ``gmat_attention``).
+
+    Args:
+        q, k, v: ``(B, H, M+L, D)``, memory rows first.
+        pattern: the attention pattern.
+        attention_mask: optional ``(B, L)`` bool, True = real token.
+        dropout_p: dropout on the attention probabilities.
+        scale: softmax scale, default ``1/sqrt(D)``.
+
+    Returns:
+        ``(B, H, M+L, D)`` in q's dtype; rows with no allowed key are zero.
+    """
+    seq_len = q.shape[-2] - pattern.num_memory
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    allowed = pattern.to_dense(seq_len, attention_mask, device=q.device)  # (M+L, M+L) or (B, 1, M+L, M+L)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # softmax in >= fp32
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale  # (B, H, M+L, M+L)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    row_any = allowed.any(dim=-1, keepdim=True)  # a row without keys outputs zeros, not NaN
+    scores = scores.masked_fill(~row_any, 0.0)
+    probs = torch.softmax(scores, dim=-1) * row_any
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p, training=True)
+    return torch.matmul(probs, v.to(acc)).to(q.dtype)
