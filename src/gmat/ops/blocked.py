@@ -77,6 +77,9 @@ def blocked_attention(
     key_valid = None
     if attention_mask is not None:
         key_valid = torch.cat([attention_mask.new_ones(bsz, m), attention_mask], dim=1)  # (B, M+L)
+        # Zero padded keys/values: masked scores never see them, and 0·NaN in P@V cannot leak garbage.
+        k = k.masked_fill(~key_valid[:, None, :, None], 0.0)
+        v = v.masked_fill(~key_valid[:, None, :, None], 0.0)
 
     if pattern.kind == "dense":
         mask = None if key_valid is None else key_valid[:, None, None, :]  # (B, 1, 1, M+L)
@@ -115,12 +118,13 @@ def blocked_attention(
     queries = queries.transpose(1, 2).reshape(bsz * n_blocks, heads, block, dim)  # (B·nB, H, b, D)
 
     # ---- mask per block: (B·nB, 1, b or 1, M+K) ----------------------------------------------------------
-    needs_mask = halo > 0 or padded_len != seq_len or attention_mask is not None
+    banded = pattern.kind == "window"
+    needs_mask = banded or padded_len != seq_len or attention_mask is not None
     mask = row_any = None
     if needs_mask:
         valid = attention_mask if attention_mask is not None else q.new_ones(bsz, seq_len, dtype=torch.bool)
         valid = F.pad(valid, (halo, padded_len - seq_len + halo), value=False)  # (B, halo+Lp+halo)
-        if halo == 0:
+        if not banded:
             local = valid.view(bsz, n_blocks, 1, n_keys)  # (B, nB, 1, K): same for every query of a chunk
         else:
             # query i' of a block sees key j' of its key set iff 0 <= j' - i' <= 2w.

@@ -39,6 +39,10 @@ def reference_attention(
     seq_len = q.shape[-2] - pattern.num_memory
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     allowed = pattern.to_dense(seq_len, attention_mask, device=q.device)  # (M+L, M+L) or (B, 1, M+L, M+L)
+    if attention_mask is not None:  # padded keys/values never contribute, even if they hold NaN
+        key_valid = torch.cat([attention_mask.new_ones(q.shape[0], pattern.num_memory), attention_mask], dim=1)
+        k = k.masked_fill(~key_valid[:, None, :, None], 0.0)
+        v = v.masked_fill(~key_valid[:, None, :, None], 0.0)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # softmax in >= fp32
     scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale  # (B, H, M+L, M+L)
     scores = scores.masked_fill(~allowed, float("-inf"))

@@ -1,0 +1,118 @@
+"""Every backend against the reference oracle: forward and gradients over awkward shapes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tolerances import LOWP_BACKWARD_FACTOR, assert_close_to_oracle
+
+from gmat.ops import AttentionPattern, get_backend, gmat_attention, not_supported_reasons
+from gmat.ops.reference import reference_attention
+
+# (B, H, L, M, D): L = 1, prime, not a multiple of C or 128, M in {0, 1, 7}, D in {16, 40, 64}
+SHAPES = [(1, 1, 1, 0, 16), (2, 2, 17, 1, 16), (2, 3, 97, 7, 40), (1, 2, 131, 0, 64), (3, 1, 128, 7, 64)]
+PATTERN_SPECS = [("chunked", 8), ("chunked", 32), ("chunked", 200), ("window", 0), ("window", 3),
+                 ("window", 40), ("dense", None)]
+PADDINGS = ["none", "random", "one_fully_padded"]
+LOWP_SHAPES = [(2, 3, 97, 7, 40), (1, 2, 131, 0, 64)]
+LOWP_SPECS = [("chunked", 32), ("window", 20), ("dense", None)]
+BACKENDS = [("blocked", "cpu", ()), ("flex", "cpu", (pytest.mark.slow,)),
+            ("blocked", "cuda", (pytest.mark.gpu,)), ("flex", "cuda", (pytest.mark.gpu,))]
+
+
+def make_pattern(num_memory: int, kind: str, size: int | None) -> AttentionPattern:
+    kwargs = {"chunked": {"chunk_size": size}, "window": {"window": size}, "dense": {}}[kind]
+    return AttentionPattern(num_memory, kind, **kwargs)
+
+
+def make_mask(padding: str, bsz: int, seq_len: int, device: str) -> torch.Tensor | None:
+    if padding == "none":
+        return None
+    mask = torch.rand(bsz, seq_len) > 0.3
+    if padding == "one_fully_padded":
+        mask[0] = False
+    return mask.to(device)
+
+
+def cases(shapes, specs, dtypes, grad: bool):
+    """Parameters kept only where the backend declares support (filtered, never skipped in the body)."""
+    params = []
+    for backend, device, marks in BACKENDS:
+        for dtype in dtypes:
+            for shape in shapes:
+                bsz, heads, seq_len, num_memory, dim = shape
+                for kind, size in specs:
+                    pattern = make_pattern(num_memory, kind, size)
+                    fake_q = SimpleNamespace(device=torch.device(device), dtype=dtype,
+                                             shape=(bsz, heads, num_memory + seq_len, dim))
+                    if not_supported_reasons(get_backend(backend), fake_q, pattern, requires_grad=grad):
+                        continue
+                    params.append(pytest.param(backend, device, dtype, shape, pattern, marks=marks,
+                                               id=f"{backend}-{device}-{str(dtype)[6:]}-{shape}-{kind}{size}"))
+    return params
+
+
+def run(backend, q, k, v, pattern, mask, grad_out=None):
+    out = gmat_attention(q, k, v, pattern, mask, backend=backend)
+    if grad_out is None:
+        return out, None
+    return out, torch.autograd.grad(out, (q, k, v), grad_out)
+
+
+def inputs(shape, device, dtype, requires_grad):
+    bsz, heads, seq_len, num_memory, dim = shape
+    return [torch.randn(bsz, heads, num_memory + seq_len, dim, device=device, dtype=torch.float64)
+            .to(dtype).requires_grad_(requires_grad) for _ in range(3)]
+
+
+@pytest.mark.parametrize(("backend", "device", "dtype", "shape", "pattern"),
+                         cases(SHAPES, PATTERN_SPECS, [torch.float32], grad=True))
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_forward_and_gradients_fp32(backend, device, dtype, shape, pattern, padding):
+    q, k, v = inputs(shape, device, dtype, requires_grad=True)
+    mask = make_mask(padding, shape[0], shape[2], device)
+    grad_out = torch.randn_like(q)
+    out, grads = run(backend, q, k, v, pattern, mask, grad_out)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref, ref_grads = run("reference", q64, k64, v64, pattern, mask, grad_out.double())
+    assert_close_to_oracle(out, ref, None, backend)
+    for name, g, g_ref in zip("qkv", grads, ref_grads):
+        assert_close_to_oracle(g, g_ref, None, backend, what=f"d{name}")
+
+
+@pytest.mark.parametrize(("backend", "device", "dtype", "shape", "pattern"),
+                         cases(SHAPES, PATTERN_SPECS, [torch.float32], grad=False))
+@pytest.mark.parametrize("padding", ["random"])
+def test_forward_only_fp32(backend, device, dtype, shape, pattern, padding):
+    q, k, v = inputs(shape, device, dtype, requires_grad=False)
+    mask = make_mask(padding, shape[0], shape[2], device)
+    with torch.no_grad():
+        out = gmat_attention(q, k, v, pattern, mask, backend=backend)
+        ref = reference_attention(q.double(), k.double(), v.double(), pattern, mask)
+    assert_close_to_oracle(out, ref, None, backend)
+
+
+@pytest.mark.parametrize(("backend", "device", "dtype", "shape", "pattern"),
+                         cases(LOWP_SHAPES, LOWP_SPECS, [torch.bfloat16, torch.float16], grad=True))
+def test_low_precision_flash_attention_rule(backend, device, dtype, shape, pattern):
+    q, k, v = inputs(shape, device, dtype, requires_grad=True)
+    mask = make_mask("random", shape[0], shape[2], device)
+    grad_out = torch.randn_like(q)
+    out, grads = run(backend, q, k, v, pattern, mask, grad_out)
+    lowp_ref, lowp_grads = run("reference", q, k, v, pattern, mask, grad_out)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    truth, truth_grads = run("reference", q64, k64, v64, pattern, mask, grad_out.double())
+    assert_close_to_oracle(out, truth, lowp_ref, backend)
+    for name, g, g_low, g_true in zip("qkv", grads, lowp_grads, truth_grads):
+        assert_close_to_oracle(g, g_true, g_low, backend, factor=LOWP_BACKWARD_FACTOR, what=f"d{name}")
+
+
+@pytest.mark.parametrize("pattern", [make_pattern(2, "chunked", 4), make_pattern(0, "window", 2)])
+def test_blocked_gradcheck_float64(pattern):
+    q, k, v = (torch.randn(1, 1, pattern.num_memory + 7, 3, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    mask = torch.tensor([[True] * 6 + [False]])
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: gmat_attention(a, b, c, pattern, mask, backend="blocked"), (q, k, v))
