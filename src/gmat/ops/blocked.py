@@ -96,7 +96,7 @@ def blocked_attention(
         block, halo = pattern.chunk_size, 0
     else:
         block, halo = window_block_size(pattern.window), pattern.window
-    n_blocks = -(-seq_len // block)
+    n_blocks = (seq_len + block - 1) // block  # ceil without negative floor-division (ONNX truncates it)
     padded_len = n_blocks * block
     n_keys = block + 2 * halo  # sequence keys per block
 

@@ -1,0 +1,166 @@
+"""``GmatConfig``: BERT's hyperparameters plus the GMAT memory and attention pattern (DESIGN.md §2).
+
+The field names are BERT's (so a ``BertConfig`` dictionary converts by adding the GMAT fields) plus:
+
+* ``num_memory_tokens`` — M, the number of global memory slots (0 = no memory);
+* ``attention_pattern`` — ``"chunked"``, ``"window"`` or ``"dense"``, the sparse pattern over the sequence;
+* ``chunk_size`` — C, used only by ``"chunked"`` (defaults to 128 there, must be unset otherwise);
+* ``attention_window`` — w, the one-sided inclusive radius, used only by ``"window"`` (defaults to 64
+  there, must be unset otherwise);
+* ``attn_backend`` — the name handed to ``gmat.ops.gmat_attention`` (``"auto"`` or a registered backend).
+
+Every field is checked when the config is built; a bad value raises ``ValueError`` naming the field and the
+value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from transformers import PretrainedConfig
+
+from gmat.ops import PATTERN_KINDS, AttentionPattern, list_backends
+
+__all__ = ["GmatConfig"]
+
+DEFAULT_CHUNK_SIZE = 128  # C when attention_pattern="chunked" and chunk_size is not given
+DEFAULT_ATTENTION_WINDOW = 64  # w when attention_pattern="window": a band of 2w+1 ≈ one 128-chunk
+
+
+def _require_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"GmatConfig.{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _require_prob(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"GmatConfig.{name} must be a probability in [0, 1), got {value!r}")
+
+
+class GmatConfig(PretrainedConfig):
+    """Configuration of a GMAT encoder (BERT post-LN blocks over ``[memory ; sequence]``).
+
+    Args (beyond ``PretrainedConfig``'s, e.g. ``num_labels``):
+        vocab_size: size of the token vocabulary.
+        hidden_size: d, the model width.
+        num_hidden_layers: number of blocks.
+        num_attention_heads: H; must divide ``hidden_size`` (D = d / H).
+        intermediate_size: width of the feed-forward layer.
+        hidden_act: activation of the feed-forward layer (a ``transformers.activations.ACT2FN`` key).
+        hidden_dropout_prob: dropout on embeddings and residual branches.
+        attention_probs_dropout_prob: dropout on attention probabilities (passed to the op in training).
+        max_position_embeddings: the largest sequence length L the model accepts.
+        type_vocab_size: number of token types (segments).
+        initializer_range: std of the normal initialisation.
+        layer_norm_eps: LayerNorm epsilon.
+        pad_token_id: id of the padding token.
+        classifier_dropout: dropout before classification heads (None = ``hidden_dropout_prob``).
+        num_memory_tokens: M, the number of global memory slots.
+        attention_pattern: ``"chunked"``, ``"window"`` or ``"dense"``.
+        chunk_size: C for ``"chunked"`` (default 128); must be None for other patterns.
+        attention_window: one-sided radius w for ``"window"`` (default 64); must be None otherwise.
+        attn_backend: ``"auto"`` or a backend name from ``gmat.ops.list_backends()``.
+
+    Raises:
+        ValueError: on a field of the wrong type or range, an unknown pattern or backend, a size given for a
+            pattern that does not use it, or ``hidden_size`` not divisible by ``num_attention_heads``.
+    """
+
+    model_type: ClassVar[str] = "gmat"
+    # The Trainer's prediction loop keeps only logits; hidden states stay out of its gathered predictions.
+    keys_to_ignore_at_inference: ClassVar[list[str]] = [
+        "last_hidden_state",
+        "memory_state",
+        "hidden_states",
+        "memory_hidden_states",
+        "pooler_output",
+    ]
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    classifier_dropout: float | None = None
+    tie_word_embeddings: bool = True
+    num_memory_tokens: int = 0
+    attention_pattern: str = "chunked"
+    chunk_size: int | None = None
+    attention_window: int | None = None
+    attn_backend: str = "auto"
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        """Fill pattern-dependent defaults, validate the fields, then run ``PretrainedConfig``'s init."""
+        if self.attention_pattern == "chunked" and self.chunk_size is None:
+            self.chunk_size = DEFAULT_CHUNK_SIZE
+        if self.attention_pattern == "window" and self.attention_window is None:
+            self.attention_window = DEFAULT_ATTENTION_WINDOW
+        self._check_fields()
+        super().__post_init__(**kwargs)
+
+    def _check_fields(self) -> None:
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
+            _require_int(name, getattr(self, name), 1)
+        _require_int("num_memory_tokens", self.num_memory_tokens, 0)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"GmatConfig.hidden_size={self.hidden_size} must be divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            _require_prob(name, getattr(self, name))
+        if self.classifier_dropout is not None:
+            _require_prob("classifier_dropout", self.classifier_dropout)
+        if self.attention_pattern not in PATTERN_KINDS:
+            raise ValueError(
+                f"GmatConfig.attention_pattern must be one of {PATTERN_KINDS}, got {self.attention_pattern!r}"
+            )
+        if self.attention_pattern == "chunked":
+            _require_int("chunk_size", self.chunk_size, 1)
+        elif self.chunk_size is not None:
+            raise ValueError(
+                f"GmatConfig.chunk_size is only used by attention_pattern='chunked', got "
+                f"chunk_size={self.chunk_size!r} with attention_pattern={self.attention_pattern!r}"
+            )
+        if self.attention_pattern == "window":
+            _require_int("attention_window", self.attention_window, 0)
+        elif self.attention_window is not None:
+            raise ValueError(
+                f"GmatConfig.attention_window is only used by attention_pattern='window', got "
+                f"attention_window={self.attention_window!r} with "
+                f"attention_pattern={self.attention_pattern!r}"
+            )
+        backends = ["auto", *list_backends()]
+        if self.attn_backend not in backends:
+            raise ValueError(f"GmatConfig.attn_backend must be one of {backends}, got {self.attn_backend!r}")
+
+    def build_pattern(self) -> AttentionPattern:
+        """Build the ``AttentionPattern`` these fields describe (M, kind, and the size that kind uses).
+
+        Returns:
+            ``AttentionPattern(num_memory=M, kind=attention_pattern, chunk_size=C|None, window=w|None)``.
+        """
+        return AttentionPattern(
+            num_memory=self.num_memory_tokens,
+            kind=self.attention_pattern,
+            chunk_size=self.chunk_size if self.attention_pattern == "chunked" else None,
+            window=self.attention_window if self.attention_pattern == "window" else None,
+        )

@@ -1,0 +1,130 @@
+"""Graph capture: torch.compile without graph breaks, ONNX export with dynamic batch and length."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+
+from gmat import GmatModel
+
+PATTERNS = [
+    {"attention_pattern": "chunked", "chunk_size": 4},
+    {"attention_pattern": "window", "attention_window": 3},
+    {"attention_pattern": "dense"},
+]
+# (B, L): the export shape, then other batches and lengths. The export shape must span >= 2 blocks of the
+# blocked backend (window blocks are max(w, 32) queries) and B >= 2: a size-1 dimension is specialised at
+# trace time. The runs after it include a single-block length (13) and a ragged one (29).
+EXPORT_LENGTHS = [(2, 40), (3, 29), (1, 13)]
+
+
+def _inputs(batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, 100, (batch, length), generator=g)
+    attention_mask = torch.ones(batch, length, dtype=torch.long)
+    attention_mask[-1, length * 2 // 3 :] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+# Default tier: two captures (each one costs seconds of Dynamo tracing on a shared CPU). ``fullgraph=True``
+# raises on any graph break, so a pass proves the attention op is captured whole.
+FAST_CASES = [
+    pytest.param({"attention_pattern": "chunked", "chunk_size": 4}, 3, True, id="chunked-M3-train"),
+    pytest.param({"attention_pattern": "window", "attention_window": 3}, 0, False, id="window-M0-eval"),
+]
+SLOW_CASES = [
+    pytest.param(
+        pattern,
+        num_memory,
+        training,
+        marks=pytest.mark.slow,
+        id=f"{pattern['attention_pattern']}-M{num_memory}-{'train' if training else 'eval'}",
+    )
+    for pattern in PATTERNS
+    for num_memory in (0, 3)
+    for training in (False, True)
+]
+
+
+@pytest.mark.parametrize(("pattern", "num_memory", "training"), FAST_CASES)
+def test_fullgraph_compile_matches_eager(
+    pattern: dict, num_memory: int, training: bool, gmat_config, tol
+) -> None:
+    """``torch.compile(fullgraph=True)`` through the cheap ``eager`` compiler backend; same outputs.
+
+    Training mode runs the autograd-capable path of the ``auto`` backend (dropout 0 so outputs compare).
+    """
+    config = gmat_config(
+        num_memory_tokens=num_memory, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **pattern
+    )
+    model = GmatModel(config).train(training)
+    dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    inputs = _inputs(2, 13)
+    want, got = model(**inputs), compiled(**inputs)
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, **tol("graph_rewrite"))
+    torch.testing.assert_close(got.memory_state, want.memory_state, **tol("graph_rewrite"))
+
+
+@pytest.mark.parametrize(("pattern", "num_memory", "training"), SLOW_CASES)
+def test_dynamo_captures_one_graph(pattern: dict, num_memory: int, training: bool, gmat_config) -> None:
+    """Every pattern and M, eval and training (attention dropout on): one graph, no breaks."""
+    model = GmatModel(gmat_config(num_memory_tokens=num_memory, **pattern)).train(training)
+    dynamo.reset()
+    explanation = dynamo.explain(model)(**_inputs(2, 13))
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.slow
+def test_inductor_compile_matches_eager(gmat_config, tol) -> None:
+    """The real CPU compiler (C++ codegen: about 100 s on a loaded 2-core machine)."""
+    model = GmatModel(gmat_config(num_memory_tokens=3, attn_backend="blocked")).eval()
+    dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    inputs = _inputs(2, 13)
+    with torch.no_grad():
+        want, got = model(**inputs), compiled(**inputs)
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, **tol("graph_rewrite"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p["attention_pattern"])
+def test_onnx_export_dynamic_batch_and_length(pattern: dict, gmat_config, tol, tmp_path) -> None:
+    """Dynamo ONNX export, then ONNX Runtime at the export shape and at other batches and lengths.
+
+    HF Longformer's export bakes its padding arithmetic in at trace time and breaks when L changes; here the
+    blocked backend's shapes stay symbolic. About 50 s per pattern on a loaded 2-core CPU, hence ``slow``.
+    """
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    model = GmatModel(gmat_config(num_memory_tokens=3, attn_backend="blocked", **pattern)).eval()
+    batch, length = (
+        torch.export.Dim("batch"),
+        torch.export.Dim("length", max=model.config.max_position_embeddings),
+    )
+    path = tmp_path / "gmat.onnx"
+    torch.onnx.export(
+        model,
+        (),
+        kwargs=_inputs(*EXPORT_LENGTHS[0]),
+        f=str(path),
+        dynamo=True,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state", "memory_state", "pooler_output"],
+        dynamic_shapes={"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in EXPORT_LENGTHS:
+        inputs = _inputs(*shape, seed=1)
+        with torch.no_grad():
+            want = model(**inputs)
+        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        for name, value in zip(("last_hidden_state", "memory_state", "pooler_output"), got):
+            torch.testing.assert_close(
+                torch.from_numpy(value),
+                getattr(want, name),
+                **tol("graph_rewrite"),
+                msg=lambda m, n=name, s=shape: f"{n} at (B, L)={s}: {m}",
+            )
