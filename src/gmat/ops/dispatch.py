@@ -219,3 +219,39 @@ register_backend(Backend(
     devices=frozenset({"cpu", "cuda"}), dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
     backward_devices=frozenset({"cuda"}), supports_dropout=False, priority=None, extra_check=_flex_check,
 ))
+
+
+# ---- triton: fused kernels (optional extra). The module imports triton, so it is loaded on first call. ----
+_TRITON_HEAD_DIMS = (16, 32, 64, 128)  # kept equal to triton_kernels.SUPPORTED_HEAD_DIMS (a test checks)
+
+
+def _triton_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern,
+               attention_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+               scale: float | None = None) -> torch.Tensor:
+    from gmat.ops.triton_kernels import triton_attention
+
+    return triton_attention(q, k, v, pattern, attention_mask, dropout_p, scale)
+
+
+def _triton_check(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
+    import importlib.util
+
+    reasons = []
+    if importlib.util.find_spec("triton") is None:
+        reasons.append("triton: not installed (pip install 'gmat[triton]')")
+    d = q.shape[-1]
+    if d not in _TRITON_HEAD_DIMS:
+        reasons.append(f"triton: head dim D={d} not in {_TRITON_HEAD_DIMS}")
+    if q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) < (8, 0):
+        major, minor = torch.cuda.get_device_capability(q.device)
+        reasons.append(f"triton: needs compute capability >= 8.0, got {major}.{minor}")
+    return reasons
+
+
+# priority None: `auto` never picks it until the GPU crossover against `blocked`/`flex` is measured
+# (benchmarks/gpu_triton.py, docs/benchmarks.md).
+register_backend(Backend(
+    name="triton", fn=_triton_fn,
+    devices=frozenset({"cuda"}), dtypes=frozenset({torch.float16, torch.bfloat16}),
+    backward_devices=frozenset({"cuda"}), supports_dropout=False, priority=None, extra_check=_triton_check,
+))
