@@ -1,7 +1,8 @@
-"""The ``gmat`` command: demo | train | eval | bench | convert. Thin: parses arguments, calls the library.
+"""The ``gmat`` command: demo | train | eval | predict | bench | convert. Thin: parses arguments, calls the library.
 
 Each subcommand lives with the code it drives and exposes ``add_cli_arguments(parser)`` and
-``cli_run(args) -> int``; the modules are imported only when their subcommand runs.
+``cli_run(args) -> int``; the modules are imported only when their subcommand runs. Task-specific evaluators
+(``gmat eval mlm ...``, ``gmat eval rc ...``) are nested commands with their own arguments.
 """
 
 from __future__ import annotations
@@ -15,9 +16,18 @@ import sys
 _SUBCOMMANDS = {
     "demo": ("gmat.training.demo", "train chunked M=0 vs GMAT on the majority task and compare"),
     "train": ("gmat.training.run", "train a model from a YAML config"),
-    "eval": ("gmat.training.evaluate", "evaluate a saved model or run directory"),
+    "eval": ("gmat.training.evaluate", "evaluate a saved run (or: gmat eval mlm ... / gmat eval rc ...)"),
+    "predict": ("gmat.tasks.predict_qa", "predict with a trained model (qa: the answer span in a document)"),
     "bench": ("gmat.bench.attention", "benchmark attention engines side by side"),
     "convert": ("gmat.modeling.convert", "convert a BERT checkpoint into a GMAT checkpoint"),
+}
+
+# (command, word) -> (module, add-arguments function, run function, help)
+_NESTED = {
+    ("eval", "mlm"): ("gmat.tasks.mlm", "add_mlm_eval_arguments", "run_mlm_eval",
+                      "masked-LM loss / perplexity / accuracy of any saved model on any corpus"),
+    ("eval", "rc"): ("gmat.tasks.rc", "add_rc_eval_arguments", "run_rc_eval",
+                     "score a QA model on a SQuAD-format file (EM/F1 overall and by answer distance)"),
 }
 
 
@@ -39,11 +49,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def build_nested_parser(key: tuple[str, str]) -> argparse.ArgumentParser:
+    """The parser of a nested command such as ``gmat eval rc``."""
+    module_name, add_name, run_name, help_text = _NESTED[key]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"gmat {' '.join(key)}", description=help_text)
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    getattr(module, add_name)(parser)
+    parser.set_defaults(_run=getattr(module, run_name))
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gmat`` console script."""
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if a in _SUBCOMMANDS), None)
-    args = build_parser(command).parse_args(argv)
+    position = argv.index(command) if command is not None else -1
+    key = (command, argv[position + 1]) if command is not None and position + 1 < len(argv) else None
+    if key in _NESTED:
+        args = build_nested_parser(key).parse_args(argv[:position] + argv[position + 2:])
+    else:
+        args = build_parser(command).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return int(args._run(args) or 0)
 
