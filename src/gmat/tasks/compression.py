@@ -1,0 +1,280 @@
+"""Data and metrics of the two compression tasks (DESIGN.md §2); the model is ``gmat.modeling.compression``.
+
+* **Reconstruction** (task (a)): an example is one packed length-L window of the corpus; the model
+  compresses it into M memory vectors and predicts every token from them. Labels are the input ids
+  (``[CLS]`` excluded: it is always the same token). Score: token accuracy and perplexity against L/M.
+* **Compressed context** (task (b)): an example is a window of ``context_len + seq_len`` tokens of the
+  stream, split into segment A (``[CLS]`` + the first ``context_len - 1`` stream tokens) and segment B (the
+  next ``seq_len`` tokens). B is masked as in MLM (80/10/10). Three ways to give the context:
+
+  ``"compressed"`` — ``context_ids`` = A for a ``GmatForCompression`` (decoder_input="tokens"), which reads
+  A only through its M memory vectors; ``"none"`` — B alone (the same model type, learned initial memory);
+  ``"full"`` — one sequence A + B for a dense ``GmatForMaskedLM``, with labels on B only.
+
+Both tasks follow the interface of ``gmat.tasks.synthetic.SyntheticTask`` (``batch(split, indices)``,
+``iter_eval``, ``metric_counts``, ``compute_metrics``), with examples and masks a pure function of
+``(seed, split, index)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gmat.data.corpus import PackedExamples, WordPieceTokenizer, build_token_cache
+from gmat.tasks.mlm import DEFAULT_CACHE_DIR, IGNORE_INDEX, mask_tokens
+
+__all__ = [
+    "COMPRESSION_TASKS",
+    "CONTEXT_MODES",
+    "CompressionTask",
+    "CompressionTaskSpec",
+    "build_compression_model",
+    "token_metrics",
+]
+
+COMPRESSION_TASKS = ("reconstruction", "compressed_context")
+CONTEXT_MODES = ("compressed", "none", "full")
+_SPLIT_IDS = {"train": 0, "eval": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class CompressionTaskSpec:
+    """Settings of a compression run (the ``task:`` section of a run config).
+
+    Attributes:
+        name: ``"reconstruction"`` or ``"compressed_context"``.
+        train_data, eval_data, test_data: corpus sources (see ``gmat.data.read_documents``).
+        text_field: JSON key / dataset column of the text.
+        tokenizer: folder with ``tokenizer.json``; empty = MiniLM's.
+        cache_dir: folder of token caches.
+        seq_len: L of reconstruction, or the length of segment B.
+        context_len: length of segment A (``compressed_context`` only).
+        context_mode: ``"compressed"``, ``"none"`` or ``"full"`` (``compressed_context`` only).
+        mlm_probability: masking rate of segment B.
+        seed: seed of example order and masking.
+        eval_size: number of evaluation examples (evenly spaced; 0 = all).
+    """
+
+    name: str = "reconstruction"
+    train_data: str = "../shared/data/corpus/train.jsonl"
+    eval_data: str = "../shared/data/corpus/valid.jsonl"
+    test_data: str = "../shared/data/corpus/test.jsonl"
+    text_field: str = "text"
+    tokenizer: str = ""
+    cache_dir: str = DEFAULT_CACHE_DIR
+    seq_len: int = 512
+    context_len: int = 2048
+    context_mode: str = "compressed"
+    mlm_probability: float = 0.15
+    seed: int = 0
+    eval_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.name not in COMPRESSION_TASKS:
+            raise ValueError(f"task.name must be one of {COMPRESSION_TASKS}, got {self.name!r}")
+        if self.context_mode not in CONTEXT_MODES:
+            raise ValueError(f"task.context_mode must be one of {CONTEXT_MODES}, got {self.context_mode!r}")
+        if self.seq_len < 2 or (self.name == "compressed_context" and self.context_len < 2):
+            raise ValueError(
+                f"task.seq_len and task.context_len must be >= 2, got {self.seq_len}, {self.context_len}"
+            )
+        if not 0.0 < self.mlm_probability < 1.0 or self.eval_size < 0:
+            raise ValueError(
+                f"task.mlm_probability must be in (0, 1) and task.eval_size >= 0, got "
+                f"{self.mlm_probability}, {self.eval_size}"
+            )
+
+
+def token_metrics(counts: torch.Tensor) -> dict[str, float]:
+    """``{"accuracy", "loss", "perplexity", "tokens"}`` from summed ``[loss_sum, correct, tokens, ...]``."""
+    loss_sum, correct, n = float(counts[0]), float(counts[1]), float(counts[2])
+    loss = loss_sum / max(n, 1.0)
+    return {"accuracy": correct / max(n, 1.0), "loss": loss, "perplexity": math.exp(loss), "tokens": int(n)}
+
+
+class CompressionTask:
+    """Examples, collation and metrics of a compression task.
+
+    Args:
+        spec: the task settings.
+        progress: show tokenisation progress bars.
+    """
+
+    metric_name = "accuracy"
+
+    def __init__(self, spec: CompressionTaskSpec, *, progress: bool = True) -> None:
+        self.spec = spec
+        self.progress = progress
+        self.tokenizer = WordPieceTokenizer(spec.tokenizer or None)
+        self.special = self.tokenizer.special
+        self.vocab_size = self.tokenizer.vocab_size
+        self.num_labels = self.vocab_size
+        self._packed: dict[str, PackedExamples] = {}
+
+    @property
+    def kind(self) -> str:
+        """``"reconstruction"`` or ``"compressed_context"`` (which model the task needs)."""
+        return self.spec.name
+
+    @property
+    def window(self) -> int:
+        """Tokens per example: L, or L_A + L_B."""
+        s = self.spec
+        return s.seq_len if s.name == "reconstruction" else s.context_len + s.seq_len
+
+    def examples(self, split: str) -> PackedExamples:
+        """Return the packed windows of ``split``, tokenising the corpus on first use."""
+        if split not in _SPLIT_IDS:
+            raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
+        if split not in self._packed:
+            source = {
+                "train": self.spec.train_data,
+                "eval": self.spec.eval_data,
+                "test": self.spec.test_data,
+            }[split]
+            cache = build_token_cache(
+                source,
+                self.spec.cache_dir,
+                tokenizer=self.tokenizer,
+                text_field=self.spec.text_field,
+                progress=self.progress,
+            )
+            self._packed[split] = PackedExamples(cache, self.window)
+        return self._packed[split]
+
+    def eval_indices(self, split: str = "eval") -> np.ndarray:
+        """``eval_size`` evenly spaced example indices of an evaluation split (all when 0 or fewer)."""
+        n = len(self.examples(split))
+        if self.spec.eval_size == 0 or self.spec.eval_size >= n:
+            return np.arange(n)
+        return np.unique(np.linspace(0, n - 1, self.spec.eval_size).round().astype(np.int64))
+
+    def _example_id(self, split: str, index: int) -> int:
+        n = len(self.examples(split))
+        if split != "train":
+            return int(index) % n
+        epoch, pos = divmod(int(index), n)
+        return int(np.random.default_rng([self.spec.seed, 99, epoch]).permutation(n)[pos])
+
+    def batch(self, split: str, indices: list[int] | range | np.ndarray) -> dict[str, torch.Tensor]:
+        """Collate examples ``indices`` of ``split``.
+
+        Returns:
+            reconstruction: ``input_ids``, ``attention_mask``, ``labels`` ``(B, L)``.
+            compressed_context: ``input_ids`` / ``attention_mask`` / ``labels`` of B ``(B, L_B)`` plus
+            ``context_ids`` / ``context_attention_mask`` ``(B, L_A)`` ("compressed"); B only ("none"); or
+            A + B as one ``(B, L_A + L_B)`` sequence with labels on B ("full").
+        """
+        s = self.spec
+        packed = self.examples(split)
+        windows = np.stack([packed[self._example_id(split, int(i))] for i in indices])  # (B, window)
+        if s.name == "reconstruction":
+            ids = torch.from_numpy(windows)
+            labels = ids.clone()
+            labels[:, 0] = IGNORE_INDEX  # [CLS]
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        context, segment = windows[:, : s.context_len], windows[:, s.context_len :]
+        inputs, labels = [], []
+        for row, i in zip(segment, indices):
+            rng = np.random.default_rng([s.seed, _SPLIT_IDS[split], int(i)])
+            x, y = mask_tokens(
+                row, rng, special=self.special, vocab_size=self.vocab_size, probability=s.mlm_probability
+            )
+            inputs.append(x)
+            labels.append(y)
+        x_b, y_b = torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(labels))
+        ctx = torch.from_numpy(context)
+        if s.context_mode == "full":
+            ids = torch.cat([ctx, x_b], dim=1)
+            lab = torch.cat([torch.full_like(ctx, IGNORE_INDEX), y_b], dim=1)
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": lab}
+        out = {"input_ids": x_b, "attention_mask": torch.ones_like(x_b), "labels": y_b}
+        if s.context_mode == "compressed":
+            out["context_ids"] = ctx
+            out["context_attention_mask"] = torch.ones_like(ctx)
+        return out
+
+    def iter_eval(
+        self, batch_size: int, rank: int = 0, world_size: int = 1, split: str = "eval"
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield this rank's share of the evaluation examples, in batches."""
+        mine = self.eval_indices(split)[rank::world_size]
+        for start in range(0, len(mine), batch_size):
+            yield self.batch(split, mine[start : start + batch_size])
+
+    def metric_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Return ``[loss_sum, correct, tokens, 0]`` (float64) over labels != -100.
+
+        ``logits`` is ``(B, L, V)`` with ``(B, L)`` labels, or ``(N, V)`` with ``(N,)`` labels.
+        """
+        if logits.dim() == 3:
+            sel = labels != IGNORE_INDEX
+            logits, labels = logits[sel], labels[sel]
+        logits = logits.float()
+        loss = F.cross_entropy(logits, labels, reduction="sum") if labels.numel() else logits.new_zeros(())
+        correct = (logits.argmax(-1) == labels).sum()
+        return torch.stack(
+            [
+                loss.double(),
+                correct.double(),
+                torch.tensor(float(labels.numel()), dtype=torch.float64),
+                torch.zeros((), dtype=torch.float64),
+            ]
+        ).cpu()
+
+    def compute_metrics(self, counts: torch.Tensor) -> dict[str, float]:
+        """``{"accuracy", "loss", "perplexity", "tokens"}`` from summed ``metric_counts``."""
+        return token_metrics(counts)
+
+
+def build_compression_model(model_settings: Any, task: CompressionTask) -> torch.nn.Module:
+    """Build the model a compression task needs, from scratch.
+
+    ``reconstruction`` → ``GmatForCompression`` (content-free decoder); ``compressed_context`` with
+    ``context_mode`` ``"compressed"`` / ``"none"`` → ``GmatForCompression`` (decoder reads segment B);
+    ``"full"`` → a ``GmatForMaskedLM`` over A + B (use ``attention_pattern: dense`` for the paper's baseline).
+
+    Args:
+        model_settings: an object with ``GmatConfig`` fields (``gmat.training.config.ModelSettings``) and,
+            optionally, ``num_encoder_layers`` / ``num_bottleneck_layers`` / ``num_decoder_layers`` (default
+            2 / 1 / 2; ignored by the ``"full"`` baseline, which uses ``num_hidden_layers``).
+        task: the compression task (vocabulary, lengths, special ids).
+    """
+    from gmat.modeling import GmatConfig, GmatForMaskedLM
+    from gmat.modeling.compression import GmatCompressionConfig, GmatForCompression
+
+    s = model_settings
+    common = dict(
+        vocab_size=task.vocab_size,
+        hidden_size=s.hidden_size,
+        num_attention_heads=s.num_attention_heads,
+        intermediate_size=s.intermediate_size,
+        hidden_dropout_prob=s.hidden_dropout_prob,
+        attention_probs_dropout_prob=s.attention_probs_dropout_prob,
+        max_position_embeddings=task.window,
+        num_memory_tokens=s.num_memory_tokens,
+        attention_pattern=s.attention_pattern,
+        chunk_size=s.chunk_size if s.attention_pattern == "chunked" else None,
+        attention_window=s.attention_window if s.attention_pattern == "window" else None,
+        attn_backend=s.attn_backend,
+        initializer_range=getattr(s, "initializer_range", 0.02),
+        pad_token_id=task.special.pad,
+    )
+    if task.spec.name == "compressed_context" and task.spec.context_mode == "full":
+        return GmatForMaskedLM(GmatConfig(num_hidden_layers=s.num_hidden_layers, **common))
+    config = GmatCompressionConfig(
+        num_encoder_layers=getattr(s, "num_encoder_layers", 2),
+        num_bottleneck_layers=getattr(s, "num_bottleneck_layers", 1),
+        num_decoder_layers=getattr(s, "num_decoder_layers", 2),
+        decoder_input="content_free" if task.spec.name == "reconstruction" else "tokens",
+        mask_token_id=task.special.mask,
+        **common,
+    )
+    return GmatForCompression(config)

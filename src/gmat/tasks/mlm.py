@@ -1,0 +1,602 @@
+"""Masked language modelling on real text: dynamic masking, metrics split by chunk locality, evaluation.
+
+* ``mask_tokens`` — BERT's dynamic masking: each non-special token is selected with probability 0.15; of
+  the selected, 80 % become ``[MASK]``, 10 % a random non-special token, 10 % stay unchanged. The random
+  draws come from a generator seeded by ``(seed, split, example index)``, so an example's mask is a pure
+  function of its index (resumable, identical across data-parallel layouts) and changes every epoch
+  (the index keeps growing: dynamic masking).
+* ``outside_chunk_flags`` — for every masked position p, whether its original token also occurs, visible
+  (not masked), somewhere in the example *outside* p's chunk ``[C·(p//C), C·(p//C + 1))``. Those are the
+  positions where a chunked model without memory cannot see the answer and memory may help. Tokens are
+  WordPiece ids (a "word" here is one WordPiece token).
+* ``MLMTask`` — the data side of a training run: packed examples of the train / eval / test corpora, with
+  the interface of ``gmat.tasks.synthetic.SyntheticTask`` (``batch(split, indices)``, ``iter_eval``,
+  ``metric_counts``, ``compute_metrics``), so the training loop can drive it.
+* ``evaluate_mlm`` / ``add_mlm_eval_arguments`` / ``run_mlm_eval`` — ``gmat eval mlm --model DIR --data F``:
+  loss, perplexity and accuracy over masked tokens, overall and split by ``outside_chunk_flags``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gmat.data.corpus import PackedExamples, SpecialTokens, TokenCache, WordPieceTokenizer, build_token_cache
+
+__all__ = [
+    "GROUPS",
+    "IGNORE_INDEX",
+    "MLMMetrics",
+    "MLMTask",
+    "MLMTaskSpec",
+    "add_mlm_eval_arguments",
+    "build_mlm_model",
+    "evaluate_mlm",
+    "mask_tokens",
+    "masked_lm_logits",
+    "outside_chunk_flags",
+    "run_mlm_eval",
+]
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+_SPLIT_IDS = {"train": 0, "eval": 1, "test": 2}
+# metric groups: every masked token; those visible elsewhere outside their chunk; the rest
+GROUPS = ("all", "outside_chunk", "chunk_only")
+DEFAULT_CACHE_DIR = "runs/token-cache"
+
+
+# ---- masking ---------------------------------------------------------------------------------------------
+def mask_tokens(
+    ids: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    special: SpecialTokens,
+    vocab_size: int,
+    probability: float = 0.15,
+) -> tuple[np.ndarray, np.ndarray]:
+    """BERT's 80/10/10 masking of one example.
+
+    Args:
+        ids: ``(L,)`` int token ids (not modified).
+        rng: the example's random generator.
+        special: special token ids; they are never selected, and never drawn as random replacements.
+        vocab_size: V; random replacements are uniform over the non-special ids of ``[0, V)``.
+        probability: selection probability of each non-special token.
+
+    Returns:
+        ``(input_ids, labels)``, both ``(L,)`` int64: the corrupted input, and the original id at selected
+        positions with ``-100`` elsewhere. At least one token is selected when the example has any
+        non-special token.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    specials = np.asarray(special.as_tuple(), dtype=np.int64)
+    candidates = ~np.isin(ids, specials)
+    selected = (rng.random(ids.shape[0]) < probability) & candidates
+    if not selected.any() and candidates.any():
+        selected[rng.choice(np.flatnonzero(candidates))] = True
+    labels = np.where(selected, ids, IGNORE_INDEX)
+    roll = rng.random(ids.shape[0])
+    inputs = ids.copy()
+    inputs[selected & (roll < 0.8)] = special.mask
+    replace = selected & (roll >= 0.8) & (roll < 0.9)
+    n_replace = int(replace.sum())
+    if n_replace:
+        # draw from [0, V - #specials) and skip over the special ids (sorted), so specials are never drawn
+        draws = rng.integers(0, vocab_size - len(np.unique(specials)), size=n_replace)
+        for s in np.unique(specials):
+            draws = draws + (draws >= s)
+        inputs[replace] = draws
+    return inputs, labels
+
+
+def outside_chunk_flags(input_ids: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Whether each masked token's original id is visible in the example outside the position's own chunk.
+
+    Args:
+        input_ids: ``(B, L)`` the (corrupted) model input.
+        labels: ``(B, L)`` original ids at masked positions, -100 elsewhere.
+        chunk_size: C; position p belongs to chunk ``p // C``.
+
+    Returns:
+        ``(B, L)`` bool, True at masked positions whose original id appears in ``input_ids`` at some
+        position q with ``q // C != p // C``; False elsewhere (including unmasked positions).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    bsz, length = input_ids.shape
+    n_chunks = -(-length // chunk_size)
+    chunk = (torch.arange(length, device=input_ids.device) // chunk_size).expand(bsz, length)  # (B, L)
+    row = torch.arange(bsz, device=input_ids.device)[:, None].expand(bsz, length)  # (B, L)
+    vocab = int(max(int(input_ids.max()), int(labels.max()), 0)) + 1
+    # Count visible occurrences of each (row, token) and of each (row, token, chunk) with sorted keys.
+    key_total = row * vocab + input_ids  # (B, L)
+    key_chunk = key_total * n_chunks + chunk  # (B, L)
+    masked = labels != IGNORE_INDEX
+    target = torch.where(masked, labels, torch.zeros_like(labels))
+    query_total = row * vocab + target
+    query_chunk = query_total * n_chunks + chunk
+
+    def count(keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        sorted_keys = keys.reshape(-1).sort().values
+        return (
+            torch.searchsorted(sorted_keys, queries.reshape(-1), right=True)
+            - torch.searchsorted(sorted_keys, queries.reshape(-1), right=False)
+        ).view_as(queries)
+
+    outside = count(key_total, query_total) - count(key_chunk, query_chunk)  # (B, L)
+    return masked & (outside > 0)
+
+
+# ---- metrics ---------------------------------------------------------------------------------------------
+class MLMMetrics:
+    """Accumulates per-token loss sums, correct predictions and counts for each group of ``GROUPS``."""
+
+    def __init__(self) -> None:
+        self.counts = torch.zeros(len(GROUPS), 3, dtype=torch.float64)  # [loss_sum, correct, tokens]
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, outside: torch.Tensor) -> None:
+        """Add masked tokens.
+
+        Args:
+            logits: ``(N, V)`` logits of N masked tokens.
+            targets: ``(N,)`` original ids.
+            outside: ``(N,)`` bool, the ``outside_chunk_flags`` of those tokens.
+        """
+        loss = F.cross_entropy(logits.float(), targets, reduction="none").double().cpu()  # (N,)
+        correct = (logits.argmax(-1) == targets).double().cpu()
+        outside = outside.cpu()
+        for g, sel in enumerate((torch.ones_like(outside), outside, ~outside)):
+            self.counts[g] += torch.stack([loss[sel].sum(), correct[sel].sum(), sel.sum().double()])
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        """``{group: {"loss", "perplexity", "accuracy", "tokens"}}`` (loss = mean nats per masked token)."""
+        out = {}
+        for g, name in enumerate(GROUPS):
+            loss_sum, correct, n = (float(x) for x in self.counts[g])
+            loss = loss_sum / n if n else float("nan")
+            out[name] = {
+                "loss": loss,
+                "perplexity": math.exp(loss) if n else float("nan"),
+                "accuracy": correct / n if n else float("nan"),
+                "tokens": int(n),
+            }
+        return out
+
+
+def masked_lm_logits(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor
+) -> torch.Tensor:
+    """Logits at the selected positions only (``(N, V)``), without the ``(B, L, V)`` tensor when possible.
+
+    ``GmatForMaskedLM`` (or any model with ``.gmat`` + ``.cls``) runs its encoder and applies the LM head to
+    the N selected rows; any other masked-LM model (e.g. ``BertForMaskedLM``) runs whole and is indexed.
+
+    Args:
+        model: a masked-LM model.
+        input_ids: ``(B, L)``.
+        attention_mask: ``(B, L)``.
+        select: ``(B, L)`` bool, the positions to score.
+    """
+    if hasattr(model, "gmat") and hasattr(model, "cls"):
+        hidden = model.gmat(input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+        return model.cls(hidden[select])  # (N, V)
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[select]
+
+
+# ---- the task ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MLMTaskSpec:
+    """Settings of an MLM run (the ``task:`` section of a run config).
+
+    Attributes:
+        name: ``"mlm"``.
+        train_data: training corpus source (``.jsonl``/``.txt`` file, folder, ``hf:NAME[:CONFIG][@SPLIT]``).
+        eval_data: validation corpus source.
+        test_data: test corpus source (evaluated once, at the end).
+        text_field: JSON key / dataset column of the text.
+        tokenizer: folder with ``tokenizer.json``; empty = MiniLM's WordPiece tokenizer.
+        cache_dir: folder of token caches.
+        seq_len: L.
+        mlm_probability: selection probability of a token (0.15).
+        split_chunk_size: C of the outside-chunk split (use the chunk size of the chunked runs).
+        seed: seed of example order and masking.
+        eval_size: number of evaluation examples (evenly spaced over the eval corpus; 0 = all).
+        pretrained: a GMAT ``GmatForMaskedLM``/``GmatModel`` checkpoint to start from (e.g. converted MiniLM);
+            empty = from scratch.
+    """
+
+    name: str = "mlm"
+    train_data: str = "../shared/data/corpus/train.jsonl"
+    eval_data: str = "../shared/data/corpus/valid.jsonl"
+    test_data: str = "../shared/data/corpus/test.jsonl"
+    text_field: str = "text"
+    tokenizer: str = ""
+    cache_dir: str = DEFAULT_CACHE_DIR
+    seq_len: int = 1024
+    mlm_probability: float = 0.15
+    split_chunk_size: int = 128
+    seed: int = 0
+    eval_size: int = 256
+    pretrained: str = ""
+
+    def __post_init__(self) -> None:
+        if self.name != "mlm":
+            raise ValueError(f"task.name must be 'mlm', got {self.name!r}")
+        if self.seq_len < 2:
+            raise ValueError(f"task.seq_len must be >= 2, got {self.seq_len}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"task.mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.split_chunk_size < 1 or self.eval_size < 0:
+            raise ValueError(
+                f"task.split_chunk_size must be >= 1 and task.eval_size >= 0, got "
+                f"{self.split_chunk_size}, {self.eval_size}"
+            )
+
+
+class MLMTask:
+    """Packed, dynamically masked examples of the train / eval / test corpora.
+
+    Corpora are tokenised lazily (the test corpus only when the test split is first used).
+
+    Args:
+        spec: the task settings.
+        progress: show tokenisation progress bars.
+    """
+
+    kind = "mlm"
+    metric_name = "accuracy"
+
+    def __init__(self, spec: MLMTaskSpec, *, progress: bool = True) -> None:
+        self.spec = spec
+        self.progress = progress
+        self.tokenizer = WordPieceTokenizer(spec.tokenizer or None)
+        self.vocab_size = self.tokenizer.vocab_size
+        self.num_labels = self.vocab_size
+        self.special = self.tokenizer.special
+        self._packed: dict[str, PackedExamples] = {}
+
+    def examples(self, split: str) -> PackedExamples:
+        """Return the packed examples of ``split`` (train, eval or test), tokenising on first use."""
+        if split not in _SPLIT_IDS:
+            raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
+        if split not in self._packed:
+            source = {
+                "train": self.spec.train_data,
+                "eval": self.spec.eval_data,
+                "test": self.spec.test_data,
+            }[split]
+            cache = build_token_cache(
+                source,
+                self.spec.cache_dir,
+                tokenizer=self.tokenizer,
+                text_field=self.spec.text_field,
+                progress=self.progress,
+            )
+            self._packed[split] = PackedExamples(cache, self.spec.seq_len)
+        return self._packed[split]
+
+    def eval_indices(self, split: str = "eval") -> np.ndarray:
+        """Return ``eval_size`` evenly spaced example indices of an evaluation split (all when 0)."""
+        n = len(self.examples(split))
+        if self.spec.eval_size == 0 or self.spec.eval_size >= n:
+            return np.arange(n)
+        return np.unique(np.linspace(0, n - 1, self.spec.eval_size).round().astype(np.int64))
+
+    def _rng(self, split: str, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.spec.seed, _SPLIT_IDS[split], int(index)])
+
+    def _example_id(self, split: str, index: int) -> int:
+        """Training index → example: a fresh seeded permutation per epoch; eval/test indices are examples."""
+        n = len(self.examples(split))
+        if split != "train":
+            return int(index) % n
+        epoch, pos = divmod(int(index), n)
+        perm = np.random.default_rng([self.spec.seed, 99, epoch]).permutation(n)
+        return int(perm[pos])
+
+    def batch(self, split: str, indices: list[int] | range | np.ndarray) -> dict[str, torch.Tensor]:
+        """Masked examples ``indices`` of ``split``.
+
+        Returns:
+            ``input_ids``, ``attention_mask`` (all ones: examples are packed) and ``labels``, each ``(B, L)``.
+        """
+        packed = self.examples(split)
+        inputs, labels = [], []
+        for i in indices:
+            ids = packed[self._example_id(split, int(i))]
+            x, y = mask_tokens(
+                ids,
+                self._rng(split, int(i)),
+                special=self.special,
+                vocab_size=self.vocab_size,
+                probability=self.spec.mlm_probability,
+            )
+            inputs.append(x)
+            labels.append(y)
+        input_ids = torch.from_numpy(np.stack(inputs))
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "labels": torch.from_numpy(np.stack(labels)),
+        }
+
+    def iter_eval(
+        self, batch_size: int, rank: int = 0, world_size: int = 1, split: str = "eval"
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield this rank's share of the evaluation examples, in batches (same masks every time)."""
+        mine = self.eval_indices(split)[rank::world_size]
+        for start in range(0, len(mine), batch_size):
+            yield self.batch(split, mine[start : start + batch_size])
+
+    def metric_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``[loss_sum, correct, masked tokens, 0]`` float64 of a batch (``logits`` ``(B, L, V)``)."""
+        sel = labels != IGNORE_INDEX
+        logits, targets = logits[sel].float(), labels[sel]
+        loss = F.cross_entropy(logits, targets, reduction="sum") if targets.numel() else logits.new_zeros(())
+        correct = (logits.argmax(-1) == targets).sum()
+        return torch.stack(
+            [loss.double(), correct.double(), sel.sum().double(), torch.zeros((), dtype=torch.float64)]
+        ).cpu()
+
+    def compute_metrics(self, counts: torch.Tensor) -> dict[str, float]:
+        """``{"accuracy", "mlm_loss", "perplexity"}`` from summed ``metric_counts``."""
+        loss_sum, correct, n = float(counts[0]), float(counts[1]), max(float(counts[2]), 1.0)
+        return {"accuracy": correct / n, "mlm_loss": loss_sum / n, "perplexity": math.exp(loss_sum / n)}
+
+
+def build_mlm_model(model_settings: Any, task: MLMTask) -> torch.nn.Module:
+    """Build a ``GmatForMaskedLM`` for ``task``: from ``task.spec.pretrained`` when set, else from scratch.
+
+    Args:
+        model_settings: an object with ``GmatConfig`` fields (``gmat.training.config.ModelSettings``); when
+            starting from a checkpoint only the pattern fields must agree with it (they are checked).
+        task: the MLM task (vocabulary size, L).
+
+    Raises:
+        ValueError: if a pretrained checkpoint's M / pattern / L disagree with the settings and task.
+    """
+    from gmat.modeling import GmatConfig, GmatForMaskedLM
+
+    s, L = model_settings, task.spec.seq_len  # noqa: N806 (shape letter)
+    if task.spec.pretrained:
+        model = GmatForMaskedLM.from_pretrained(task.spec.pretrained)
+        c = model.config
+        mine = (
+            s.num_memory_tokens,
+            s.attention_pattern,
+            s.chunk_size if s.attention_pattern == "chunked" else None,
+            s.attention_window if s.attention_pattern == "window" else None,
+        )
+        theirs = (c.num_memory_tokens, c.attention_pattern, c.chunk_size, c.attention_window)
+        if mine != theirs or c.max_position_embeddings < L:
+            raise ValueError(
+                f"pretrained checkpoint {task.spec.pretrained} has (M, pattern, C, w) = {theirs} and "
+                f"max length {c.max_position_embeddings}; the run asks for {mine} and L={L} "
+                f"(convert it again with gmat convert)"
+            )
+        return model
+    config = GmatConfig(
+        vocab_size=task.vocab_size,
+        hidden_size=s.hidden_size,
+        num_hidden_layers=s.num_hidden_layers,
+        num_attention_heads=s.num_attention_heads,
+        intermediate_size=s.intermediate_size,
+        hidden_dropout_prob=s.hidden_dropout_prob,
+        attention_probs_dropout_prob=s.attention_probs_dropout_prob,
+        max_position_embeddings=L,
+        num_memory_tokens=s.num_memory_tokens,
+        attention_pattern=s.attention_pattern,
+        chunk_size=s.chunk_size if s.attention_pattern == "chunked" else None,
+        attention_window=s.attention_window if s.attention_pattern == "window" else None,
+        attn_backend=s.attn_backend,
+        initializer_range=getattr(s, "initializer_range", 0.02),
+        pad_token_id=task.special.pad,
+    )
+    return GmatForMaskedLM(config)
+
+
+# ---- evaluation of any saved model ---------------------------------------------------------------------
+def _load_model(model: str | os.PathLike[str] | torch.nn.Module) -> tuple[torch.nn.Module, Path | None]:
+    if isinstance(model, torch.nn.Module):
+        return model, None
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a saved model folder (no config.json)")
+    from transformers import AutoModelForMaskedLM
+
+    import gmat.modeling  # noqa: F401  (registers model_type="gmat" with the Auto classes)
+
+    return AutoModelForMaskedLM.from_pretrained(path), path
+
+
+@torch.no_grad()
+def evaluate_mlm(
+    model: str | os.PathLike[str] | torch.nn.Module,
+    data: str | os.PathLike[str] | TokenCache,
+    *,
+    length: int | None = None,
+    batch_size: int = 8,
+    split_chunk_size: int | None = None,
+    max_examples: int = 0,
+    seed: int = 1234,
+    mlm_probability: float = 0.15,
+    cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
+    tokenizer: str | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Masked-LM loss, perplexity and accuracy of a saved model on a corpus, overall and by chunk locality.
+
+    The masks are a function of ``seed`` and the example index only, so every model evaluated with the same
+    data, length and seed is scored on exactly the same masked tokens.
+
+    Args:
+        model: a saved masked-LM folder (GMAT or any ``AutoModelForMaskedLM``), or a model.
+        data: a corpus source (``.jsonl`` of ``{"text": ...}``, ``.txt``, folder, ``hf:...``) or a cache.
+        length: L; default the model's ``max_position_embeddings``.
+        batch_size: examples per forward pass.
+        split_chunk_size: C of the outside-chunk split; default the model's chunk size, else 128.
+        max_examples: evaluate this many evenly spaced examples (0 = all).
+        seed: masking seed.
+        mlm_probability: selection probability of a token.
+        cache_dir: folder of token caches.
+        tokenizer: tokenizer folder; default the model folder when it has ``tokenizer.json``, else MiniLM's.
+        device: ``"cpu"`` or ``"cuda"``.
+        progress: show progress bars.
+
+    Returns:
+        ``{"model", "data", "length", "split_chunk_size", "num_examples", "metrics": {group: {...}}}`` with
+        groups ``"all"``, ``"outside_chunk"``, ``"chunk_only"``.
+
+    Raises:
+        FileNotFoundError: if ``model`` is not a saved model folder.
+        CorpusError: on unusable data (missing, empty, shorter than one example).
+    """
+    model_path = None if isinstance(model, torch.nn.Module) else Path(model)
+    if model_path is not None and not (model_path / "config.json").is_file():
+        raise FileNotFoundError(f"{model_path} is not a saved model folder (no config.json)")
+    # the data first: a bad corpus fails fast, before any weights are read
+    if isinstance(data, TokenCache):
+        cache = data
+    else:
+        tok_path = tokenizer or (
+            model_path if model_path and (model_path / "tokenizer.json").is_file() else None
+        )
+        tok = WordPieceTokenizer(tok_path)
+        cache = build_token_cache(data, cache_dir, tokenizer=tok, progress=progress)
+    net, _ = _load_model(model)
+    net.to(device).eval()
+    config = net.config
+    length = int(length or config.max_position_embeddings)
+    if length > config.max_position_embeddings:
+        raise ValueError(
+            f"--length {length} exceeds the model's max_position_embeddings {config.max_position_embeddings}"
+        )
+    chunk = split_chunk_size or getattr(config, "chunk_size", None) or 128
+    if cache.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer's vocabulary ({cache.vocab_size}) is larger than the model's "
+            f"({config.vocab_size})"
+        )
+    packed = PackedExamples(cache, length)
+    n = len(packed)
+    indices = (
+        np.arange(n)
+        if not max_examples or max_examples >= n
+        else np.unique(np.linspace(0, n - 1, max_examples).round().astype(np.int64))
+    )
+    metrics = MLMMetrics()
+    batches = range(0, len(indices), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="eval mlm", unit="batch")
+    for start in batches:
+        inputs, labels = [], []
+        for i in indices[start : start + batch_size]:
+            x, y = mask_tokens(
+                packed[int(i)],
+                np.random.default_rng([seed, int(i)]),
+                special=cache.special,
+                vocab_size=cache.vocab_size,
+                probability=mlm_probability,
+            )
+            inputs.append(x)
+            labels.append(y)
+        input_ids = torch.from_numpy(np.stack(inputs)).to(device)
+        label_t = torch.from_numpy(np.stack(labels)).to(device)
+        select = label_t != IGNORE_INDEX
+        outside = outside_chunk_flags(input_ids, label_t, chunk)
+        logits = masked_lm_logits(net, input_ids, torch.ones_like(input_ids), select)
+        metrics.update(logits, label_t[select], outside[select])
+    return {
+        "model": str(model_path) if model_path else type(net).__name__,
+        "data": str(cache.meta["source"].get("source")),
+        "length": length,
+        "split_chunk_size": chunk,
+        "num_examples": len(indices),
+        "seed": seed,
+        "metrics": metrics.compute(),
+    }
+
+
+def add_mlm_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``gmat eval mlm``."""
+    parser.add_argument(
+        "--model", required=True, help="saved model folder (GMAT or any masked-LM checkpoint)"
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        help='corpus: .jsonl of {"text": ...} documents, .txt, a folder, or hf:NAME[:CONFIG][@SPLIT]',
+    )
+    parser.add_argument("--length", type=int, default=None, help="L (default: the model's maximum length)")
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per forward pass (default 8)")
+    parser.add_argument(
+        "--split-chunk-size",
+        type=int,
+        default=None,
+        help="C of the outside-chunk split (default: the model's chunk size, else 128)",
+    )
+    parser.add_argument("--max-examples", type=int, default=0, help="evenly spaced examples to use (0 = all)")
+    parser.add_argument(
+        "--seed", type=int, default=1234, help="masking seed (same seed = same masked tokens)"
+    )
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="token cache folder")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer folder (default: model folder, else MiniLM)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads of torch (0 = torch's default)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="write the JSON here (default MODEL/eval-mlm-<data>-L<L>.json; '-' = do not write)",
+    )
+
+
+def run_mlm_eval(args: argparse.Namespace) -> int:
+    """Run ``gmat eval mlm``: print the metrics JSON and write it to ``--output``; 2 on bad input."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = evaluate_mlm(
+            args.model,
+            args.data,
+            length=args.length,
+            batch_size=args.batch_size,
+            split_chunk_size=args.split_chunk_size,
+            max_examples=args.max_examples,
+            seed=args.seed,
+            cache_dir=args.cache_dir,
+            tokenizer=args.tokenizer,
+            device=args.device,
+            progress=True,
+        )
+    except (OSError, ValueError) as err:  # CorpusError is a ValueError
+        logger.error("%s", err)
+        return 2
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output != "-":
+        out = (
+            Path(args.output)
+            if args.output
+            else (Path(args.model) / f"eval-mlm-{Path(str(args.data)).stem}-L{result['length']}.json")
+        )
+        out.write_text(text + "\n")
+        logger.info("wrote %s", out)
+    return 0

@@ -1,0 +1,150 @@
+"""``gmat predict qa``: the answer span to a question in one document, with its score.
+
+The document is read whole, as one input ``[CLS] question [SEP] document [SEP]`` of up to the model's maximum
+length (``max_position_embeddings``); a longer document is refused with the token counts rather than cut
+silently. A model trained with the windowed featurisation (``rc_settings.json`` says ``windows``) reads the
+document in overlapping windows instead, so any length works for it. The score is the probability
+``p_start * p_end`` of the span, each a softmax over the document tokens of its input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gmat.tasks.rc import (
+    MAX_QUERY_LENGTH,
+    RC_SETTINGS_FILE,
+    Answer,
+    RCExample,
+    TokenizedText,
+    decode_predictions,
+    encode_long,
+    encode_windows,
+    predict_logits,
+)
+
+__all__ = ["add_cli_arguments", "cli_run", "predict_answer"]
+
+logger = logging.getLogger(__name__)
+
+
+def predict_answer(
+    model_dir: str | Path,
+    question: str,
+    document: str,
+    *,
+    max_answer_length: int | None = None,
+    device: str = "auto",
+    model: torch.nn.Module | None = None,
+    tokenizer: Any = None,
+) -> dict[str, Any]:
+    """Find the answer span to ``question`` in ``document``.
+
+    Args:
+        model_dir: a saved QA model with its tokenizer (GMAT, or any ``AutoModelForQuestionAnswering``).
+        question: the question.
+        document: the document text (any length up to the model's maximum, in tokens).
+        max_answer_length: longest answer in tokens (default: the model's ``rc_settings.json``, else 30).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        model: an already loaded model to use instead of loading ``model_dir``.
+        tokenizer: an already loaded tokenizer to use instead of loading ``model_dir``.
+
+    Returns:
+        ``{"answer": str, "score": float, "start": int, "end": int, "tokens": int, "mode": str}`` with
+        character offsets ``document[start:end] == answer``.
+
+    Raises:
+        ValueError: on an empty question or document, or a document longer than the model reads at once.
+    """
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    import gmat.modeling  # noqa: F401  (registers model_type "gmat" with the Auto classes)
+
+    if not question.strip():
+        raise ValueError("the question is empty")
+    if not document.strip():
+        raise ValueError("the document is empty")
+    model_dir = Path(model_dir)
+    settings_path = model_dir / RC_SETTINGS_FILE
+    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    mode = settings.get("featurization", "long")
+    max_answer_length = max_answer_length or settings.get("max_answer_length", 30)
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if model is None:
+        model = AutoModelForQuestionAnswering.from_pretrained(model_dir).to(dev)
+    max_length = int(model.config.max_position_embeddings)
+
+    enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
+    doc = TokenizedText(tuple(enc["input_ids"]), tuple(map(tuple, enc["offset_mapping"])))
+    q_ids = tokenizer(question, add_special_tokens=False)["input_ids"][
+        : settings.get("max_query_length", MAX_QUERY_LENGTH)
+    ]
+    total = len(q_ids) + len(doc.ids) + 3
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if mode == "windows":
+        window = min(max_length, int(settings.get("window_length", max_length)))
+        features = encode_windows(
+            0,
+            q_ids,
+            doc,
+            max_length=window,
+            stride=int(settings.get("stride", 128)),
+            cls_id=cls_id,
+            sep_id=sep_id,
+            gold=None,
+        )
+    else:
+        if total > max_length:
+            raise ValueError(
+                f"question + document are {total} tokens; this model reads at most {max_length} "
+                f"(its max_position_embeddings). Shorten the document or convert the model with a "
+                f"larger --max-length"
+            )
+        features = [
+            encode_long(0, q_ids, doc, max_length=max_length, cls_id=cls_id, sep_id=sep_id, gold=None)
+        ]
+    example = RCExample("query", question, document, (Answer("", 0),), 0, (0, 0), 0, (0,))
+    logits = predict_logits(model, features, batch_size=8, device=dev, pad_id=tokenizer.pad_token_id or 0)
+    pred = decode_predictions([example], features, logits, max_answer_length)["query"]
+    return {
+        "answer": pred.text,
+        "score": pred.score,
+        "start": pred.start,
+        "end": pred.end,
+        "tokens": total,
+        "mode": mode,
+    }
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``gmat predict qa``."""
+    parser.add_argument("kind", choices=("qa",), help="what to predict (qa: an answer span in a document)")
+    parser.add_argument("--model", required=True, help="saved QA model directory (with its tokenizer)")
+    parser.add_argument("--question", required=True, help="the question")
+    parser.add_argument("--document", required=True, help="UTF-8 text file holding the document")
+    parser.add_argument("--max-answer-length", type=int, default=None, help="in tokens (default 30)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    """Run ``gmat predict qa``: print the answer, its score and character span as JSON; 2 on bad input."""
+    try:
+        document = Path(args.document).read_text(encoding="utf-8")
+        result = predict_answer(
+            args.model, args.question, document, max_answer_length=args.max_answer_length, device=args.device
+        )
+    except (OSError, ValueError) as err:
+        logger.error("gmat predict qa: %s", err)
+        return 2
+    print(json.dumps(result, ensure_ascii=False))
+    return 0

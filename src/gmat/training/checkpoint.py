@@ -1,0 +1,266 @@
+"""Atomic, pickle-free training checkpoints.
+
+Layout of a checkpoint directory (``RUN_DIR/checkpoints/step_00000300/``)::
+
+    model.safetensors   weights (safetensors: no code runs on load)
+    config.json         the GmatConfig, so the directory also loads with ``from_pretrained``
+    state.pt            optimizer, scheduler, RNG and data-position state; tensors and plain Python
+                        containers only, read with ``torch.load(weights_only=True)``
+    manifest.json       SHA-256 and size of every file above, written last
+
+Writing is atomic: everything goes to a hidden temporary directory next to the target, each file is
+fsynced, the directory is renamed into place (``os.replace``), and only then does the ``LATEST`` pointer
+move (itself written to a temporary file and renamed). A process killed at any moment therefore leaves the
+previous checkpoint and pointer intact; leftover temporary directories are ignored and cleaned up by the
+next save. Loading checks the manifest, so a truncated or corrupted file raises ``CheckpointError``
+naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "latest_checkpoint",
+    "load_model_weights",
+    "load_training_state",
+    "save_checkpoint",
+    "save_weights",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+LATEST_FILE = "LATEST"
+_TMP_PREFIX = ".tmp-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or corrupted; the message names the file."""
+
+
+# ---- atomic primitives ---------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file in the same directory, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """``atomic_write_bytes`` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(directory: Path) -> None:
+    files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
+    manifest = {
+        name: {"sha256": _sha256(directory / name), "bytes": (directory / name).stat().st_size}
+        for name in files
+    }
+    with open(directory / MANIFEST_FILE, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _verify(directory: Path, names: tuple[str, ...]) -> None:
+    """Check ``names`` against the manifest of ``directory``; raise ``CheckpointError`` naming a bad file."""
+    manifest_path = directory / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{manifest_path}: missing; {directory} is not a complete checkpoint") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{manifest_path}: unreadable or corrupted ({err})") from err
+    for name in names:
+        path = directory / name
+        if name not in manifest:
+            raise CheckpointError(f"{path}: not listed in {manifest_path}")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing")
+        size = path.stat().st_size
+        if size != manifest[name]["bytes"]:
+            raise CheckpointError(
+                f"{path}: truncated or corrupted ({size} bytes, expected {manifest[name]['bytes']})"
+            )
+        if _sha256(path) != manifest[name]["sha256"]:
+            raise CheckpointError(f"{path}: corrupted (SHA-256 does not match {manifest_path})")
+
+
+# ---- save ------------------------------------------------------------------------------------------------
+def save_weights(directory: str | Path, model: torch.nn.Module) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (+ manifest) atomically into ``directory``.
+
+    ``directory`` is replaced as a whole; the result loads with ``load_model_weights`` and with
+    ``model.from_pretrained``.
+    """
+    return _save_dir(Path(directory), model, state=None)
+
+
+def save_checkpoint(
+    root: str | Path, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int = 2
+) -> Path:
+    """Write the resumable checkpoint of ``step`` under ``root`` and point ``root/LATEST`` at it.
+
+    Args:
+        root: the checkpoints directory (created if needed).
+        step: optimizer steps done; names the directory ``step_{step:08d}``.
+        model: the (unwrapped) model whose weights to save.
+        state: optimizer/scheduler/RNG/data state: tensors and plain Python containers only.
+        keep: how many step checkpoints to keep (older ones are deleted after the pointer moves; 0 keeps all).
+
+    Returns:
+        The checkpoint directory.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = _save_dir(root / f"step_{step:08d}", model, state)
+    atomic_write_text(root / LATEST_FILE, final.name + "\n")
+    if keep > 0:
+        for old in sorted(root.glob("step_*"))[:-keep]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _save_dir(final: Path, model: torch.nn.Module, state: dict[str, Any] | None) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f"{_TMP_PREFIX}*"):  # leftovers of a save that was killed
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.with_name(f"{_TMP_PREFIX}{final.name}-{os.getpid()}")
+    tmp.mkdir()
+    save_model(model, str(tmp / MODEL_FILE))
+    _fsync_file(tmp / MODEL_FILE)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        with open(tmp / CONFIG_FILE, "w") as f:
+            f.write(config.to_json_string())
+            f.flush()
+            os.fsync(f.fileno())
+    if state is not None:
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    _write_manifest(tmp)
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving the same step (e.g. after a resume): move the old one aside first
+        trash = final.with_name(f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
+# ---- load ------------------------------------------------------------------------------------------------
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """Return the directory ``root/LATEST`` points at, or None if there is no checkpoint yet.
+
+    Raises:
+        CheckpointError: if the pointer names a directory that does not exist.
+    """
+    pointer = Path(root) / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    path = Path(root) / name
+    if not name or not path.is_dir():
+        raise CheckpointError(f"{pointer}: points at {name!r}, which is not a checkpoint directory")
+    return path
+
+
+def load_model_weights(directory: str | Path, model: torch.nn.Module) -> None:
+    """Load ``directory/model.safetensors`` into ``model`` (strict: every key must match).
+
+    Raises:
+        CheckpointError: naming the file when it is missing, truncated, corrupted or does not fit ``model``.
+    """
+    directory = Path(directory)
+    _verify(directory, (MODEL_FILE,))
+    path = directory / MODEL_FILE
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot be read ({err})") from err
+    # save_model drops one name of each group of tied tensors; let them be re-tied by the model.
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {name for name in missing if _is_tied(model, name, tensors)}
+    missing = [name for name in missing if name not in tied]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: does not fit the model (missing {missing[:5]}, unexpected {list(unexpected)[:5]})"
+        )
+
+
+def _is_tied(model: torch.nn.Module, name: str, tensors: dict[str, torch.Tensor]) -> bool:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if name not in params:
+        return False
+    return any(other in tensors and params[other] is params[name] for other in params if other != name)
+
+
+def load_training_state(directory: str | Path) -> dict[str, Any]:
+    """Read ``directory/state.pt`` with ``torch.load(weights_only=True)`` (no arbitrary unpickling).
+
+    Raises:
+        CheckpointError: naming the file when it is missing, truncated or corrupted.
+    """
+    directory = Path(directory)
+    _verify(directory, (STATE_FILE,))
+    path = directory / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types (pickle, zip, runtime) for a bad file
+        raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err

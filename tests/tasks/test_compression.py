@@ -1,0 +1,240 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from gmat.modeling.compression import GmatCompressionConfig, GmatForCompression
+from gmat.tasks.compression import CompressionTask, CompressionTaskSpec, token_metrics
+from gmat.tasks.mlm import IGNORE_INDEX, MLMTaskSpec
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the shared CI / dev machines are oversubscribed; tiny models run far faster on one thread
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+V, M, L = 40, 4, 24
+
+
+def config(**kw):
+    base = dict(
+        vocab_size=V,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_memory_tokens=M,
+        attention_pattern="chunked",
+        chunk_size=8,
+        mask_token_id=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_encoder_layers=2,
+        num_bottleneck_layers=1,
+        num_decoder_layers=2,
+    )
+    base.update(kw)
+    return GmatCompressionConfig(**base)
+
+
+def ids(seed, shape=(2, L)):
+    return torch.randint(5, V, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_shapes():
+    model = GmatForCompression(config()).eval()
+    x = ids(0)
+    memory = model.encode(x, torch.ones_like(x))
+    assert memory.shape == (2, M, 32)
+    assert model.decode(memory, length=L).shape == (2, L, 32)
+    out = model(x, torch.ones_like(x), labels=x)
+    assert out.logits.shape == (2, L, V) and out.memory.shape == (2, M, 32) and out.loss.ndim == 0
+    assert model.config.num_hidden_layers == 5
+    assert model.cls.predictions.decoder.weight is model.embeddings.word_embeddings.weight
+
+
+def test_decoder_sees_only_the_memory(monkeypatch):
+    model = GmatForCompression(config()).eval()
+    x1, x2 = ids(1), ids(2)
+    memory = model.encode(x1)
+    # once the memory is fixed, the tokens given to forward change nothing
+    monkeypatch.setattr(model, "encode", lambda input_ids, attention_mask=None: memory)
+    out1, out2 = model(x1).logits, model(x2).logits
+    assert torch.equal(out1, out2)
+    monkeypatch.undo()
+    # ...while different inputs give different memories and different reconstructions
+    assert not torch.allclose(model.encode(x1), model.encode(x2))
+    assert not torch.allclose(model(x1).logits, model(x2).logits)
+    # and a different memory changes the decoder output
+    assert not torch.allclose(model.decode(memory, length=L), model.decode(memory + 1.0, length=L))
+
+
+def test_gradient_flows_encoder_memory_decoder():
+    model = GmatForCompression(config())
+    x = ids(3)
+    memory = model.encode(x)
+    memory.retain_grad()
+    loss = torch.nn.functional.cross_entropy(
+        model.cls(model.decode(memory, length=L)).reshape(-1, V), x.reshape(-1)
+    )
+    loss.backward()
+    assert memory.grad is not None and memory.grad.abs().sum() > 0
+    for name, module in (
+        ("encoder", model.encoder[0]),
+        ("bottleneck", model.bottleneck[0]),
+        ("decoder", model.decoder[-1]),
+    ):
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, name
+    assert model.embeddings.memory_embeddings.grad.abs().sum() > 0
+
+
+def test_compressed_context_model_reads_context_only_through_memory():
+    model = GmatForCompression(config(decoder_input="tokens", num_bottleneck_layers=0)).eval()
+    b, a1, a2 = ids(4, (2, 12)), ids(5), ids(6)
+    with_a1 = model(b, context_ids=a1).logits
+    assert not torch.allclose(with_a1, model(b, context_ids=a2).logits)
+    no_ctx = model(b)
+    assert torch.allclose(no_ctx.memory, model.initial_memory(2))
+    assert not torch.allclose(with_a1, no_ctx.logits)
+    with pytest.raises(ValueError, match="context_ids are for"):
+        GmatForCompression(config())(b, context_ids=a1)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(num_memory_tokens=0), "num_memory_tokens"),
+        (dict(num_encoder_layers=0), "num_encoder_layers"),
+        (dict(decoder_input="text"), "decoder_input"),
+    ],
+)
+def test_config_validation(kw, match):
+    with pytest.raises(ValueError, match=match):
+        config(**kw)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = GmatForCompression(config()).eval()
+    model.save_pretrained(tmp_path)
+    loaded = GmatForCompression.from_pretrained(tmp_path).eval()
+    x = ids(7)
+    assert torch.allclose(model(x).logits, loaded(x).logits)
+    assert loaded.config.num_decoder_layers == 2 and loaded.config.model_type == "gmat-compression"
+
+
+def test_reconstruction_loss_falls():
+    # 8 fixed sequences: below the per-position entropy of the data only if the decoder reads the memory
+    torch.manual_seed(0)
+    model = GmatForCompression(
+        config(
+            max_position_embeddings=8,
+            num_memory_tokens=2,
+            num_encoder_layers=1,
+            num_bottleneck_layers=0,
+            num_decoder_layers=1,
+        )
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    data = torch.randint(5, 13, (8, 6), generator=torch.Generator().manual_seed(0))
+    # the best loss of a decoder that ignores the memory: per-position empirical entropy
+    blind = np.mean(
+        [-sum(c / 8 * np.log(c / 8) for c in np.unique(col, return_counts=True)[1]) for col in data.T.numpy()]
+    )
+    losses = []
+    for _ in range(60):
+        loss = model(data, labels=data).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < 0.6 * blind < losses[0]
+
+
+def corpus(path, n_docs=10, words=80):
+    rng = np.random.default_rng(0)
+    vocab = "red green blue cyan magenta yellow black white orange purple brown grey".split()
+    path.write_text(
+        "".join(json.dumps({"text": " ".join(rng.choice(vocab, words))}) + "\n" for _ in range(n_docs))
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", ["compressed", "none", "full"])
+def test_compressed_context_batches(tmp_path, mode):
+    data = corpus(tmp_path / "c.jsonl")
+    spec = CompressionTaskSpec(
+        name="compressed_context",
+        train_data=data,
+        eval_data=data,
+        test_data=data,
+        cache_dir=str(tmp_path / "cache"),
+        seq_len=16,
+        context_len=48,
+        context_mode=mode,
+        eval_size=2,
+    )
+    task = CompressionTask(spec, progress=False)
+    batch = task.batch("train", range(3))
+    window = np.stack([task.examples("train")[task._example_id("train", i)] for i in range(3)])
+    if mode == "full":
+        assert batch["input_ids"].shape == (3, 64)
+        assert (batch["labels"][:, :48] == IGNORE_INDEX).all()
+        assert torch.equal(batch["input_ids"][:, :48], torch.from_numpy(window[:, :48]))
+    else:
+        assert batch["input_ids"].shape == (3, 16)
+        assert ("context_ids" in batch) == (mode == "compressed")
+        if mode == "compressed":
+            assert torch.equal(batch["context_ids"], torch.from_numpy(window[:, :48]))
+    labels = batch["labels"][:, -16:]
+    sel = labels != IGNORE_INDEX
+    assert sel.any() and torch.equal(labels[sel], torch.from_numpy(window[:, 48:])[sel])
+    # same masks in every mode: the three settings are scored on the same tokens
+    other = CompressionTask(
+        CompressionTaskSpec(**{**vars(spec), "context_mode": "compressed"}), progress=False
+    )
+    assert torch.equal(other.batch("train", range(3))["labels"], labels)
+
+
+def test_reconstruction_task_batches_and_metrics(tmp_path):
+    data = corpus(tmp_path / "c.jsonl")
+    spec = CompressionTaskSpec(
+        name="reconstruction",
+        train_data=data,
+        eval_data=data,
+        test_data=data,
+        cache_dir=str(tmp_path / "cache"),
+        seq_len=32,
+        eval_size=3,
+    )
+    task = CompressionTask(spec, progress=False)
+    batch = task.batch("eval", [0, 1])
+    assert batch["input_ids"].shape == (2, 32)
+    assert (batch["labels"][:, 0] == IGNORE_INDEX).all()
+    assert torch.equal(batch["labels"][:, 1:], batch["input_ids"][:, 1:])
+    logits = torch.nn.functional.one_hot(batch["input_ids"], task.vocab_size).float() * 30
+    metrics = task.compute_metrics(task.metric_counts(logits, batch["labels"]))
+    assert metrics["accuracy"] == 1.0 and metrics["tokens"] == 62 and metrics["perplexity"] < 1.01
+    assert token_metrics(torch.tensor([0.0, 0.0, 0.0, 0.0]))["tokens"] == 0
+    assert len(list(task.iter_eval(2))) == 2
+
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in CONFIGS if p.parent.name in ("mlm", "compression")], ids=lambda p: p.stem
+)
+def test_configs_start_with_their_command_and_parse(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and str(path.relative_to(path.parents[2])) in first
+    data = yaml.safe_load(path.read_text())
+    spec = MLMTaskSpec(**data["task"]) if path.parent.name == "mlm" else CompressionTaskSpec(**data["task"])
+    assert spec.cache_dir and data["run_dir"].endswith(path.stem)

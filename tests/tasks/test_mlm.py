@@ -1,0 +1,273 @@
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gmat.data import CorpusError, SpecialTokens, WordPieceTokenizer
+from gmat.tasks.mlm import (
+    IGNORE_INDEX,
+    MLMMetrics,
+    MLMTask,
+    MLMTaskSpec,
+    add_mlm_eval_arguments,
+    build_mlm_model,
+    evaluate_mlm,
+    mask_tokens,
+    outside_chunk_flags,
+    run_mlm_eval,
+)
+
+SPECIAL = SpecialTokens(pad=0, unk=100, cls=101, sep=102, mask=103)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the shared CI / dev machines are oversubscribed; tiny models run far faster on one thread
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+    "upsilon phi chi psi omega river mountain forest city"
+).split()
+
+
+def corpus(path, n_docs=12, words=60, seed=0):
+    rng = np.random.default_rng(seed)
+    lines = [json.dumps({"text": " ".join(rng.choice(WORDS, size=words))}) for _ in range(n_docs)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_masking_statistics_80_10_10_and_specials_never_masked():
+    rng = np.random.default_rng(0)
+    length = 200_000
+    ids = rng.integers(1000, 30000, size=length)
+    ids[::50] = SPECIAL.sep
+    ids[0] = SPECIAL.cls
+    ids[7::97] = SPECIAL.pad
+    inputs, labels = mask_tokens(ids, np.random.default_rng(1), special=SPECIAL, vocab_size=30522)
+    selected = labels != IGNORE_INDEX
+    specials = np.isin(ids, SPECIAL.as_tuple())
+    assert not (selected & specials).any()
+    assert np.array_equal(inputs[specials], ids[specials])  # special tokens are never altered
+    assert np.array_equal(labels[selected], ids[selected])
+    assert abs(selected.sum() / (~specials).sum() - 0.15) < 0.005
+    as_mask = (inputs == SPECIAL.mask) & selected
+    unchanged = (inputs == ids) & selected
+    replaced = selected & ~as_mask & ~unchanged
+    n = selected.sum()
+    assert abs(as_mask.sum() / n - 0.8) < 0.01
+    assert abs(unchanged.sum() / n - 0.1) < 0.01  # (a random draw equal to the original is ~1/30000)
+    assert abs(replaced.sum() / n - 0.1) < 0.01
+    assert not np.isin(inputs[replaced], SPECIAL.as_tuple()).any()
+    assert (inputs[~selected] == ids[~selected]).all()
+
+
+def test_masking_selects_at_least_one_token_and_never_draws_specials():
+    ids = np.array([SPECIAL.cls, 2000, SPECIAL.sep])
+    for seed in range(20):
+        _, labels = mask_tokens(ids, np.random.default_rng(seed), special=SPECIAL, vocab_size=30522)
+        assert labels.tolist() == [IGNORE_INDEX, 2000, IGNORE_INDEX]
+    # a vocabulary that is almost all specials: random replacements must still avoid them
+    small = SpecialTokens(pad=0, unk=1, cls=2, sep=3, mask=4)
+    ids = np.full(5000, 5)
+    inputs, labels = mask_tokens(ids, np.random.default_rng(0), special=small, vocab_size=7, probability=0.5)
+    assert set(np.unique(inputs)) <= {4, 5, 6}
+
+
+def test_outside_chunk_split_on_a_hand_made_example():
+    # chunk size 4: chunks [0..3] [4..7] [8..9]; token 7 appears at 1 (masked), 2 (visible, same chunk) and
+    # 9 (visible, other chunk); token 8 masked at 5 appears only masked at 8; token 9 masked at 6 appears
+    # visible at 4 (same chunk) only; token 5 at 0 masked, visible at 9? no: visible at 3 (same chunk).
+    original = torch.tensor([[5, 7, 7, 5, 9, 8, 9, 6, 8, 7]])
+    labels = torch.full_like(original, IGNORE_INDEX)
+    for p in (0, 1, 5, 6, 8):
+        labels[0, p] = original[0, p]
+    inputs = original.clone()
+    inputs[labels != IGNORE_INDEX] = SPECIAL.mask
+    flags = outside_chunk_flags(inputs, labels, chunk_size=4)
+    # 0: token 5 visible only at 3 (own chunk) -> False; 1: token 7 visible at 9 (chunk 2) -> True;
+    # 5: token 8 only masked elsewhere -> False; 6: token 9 visible at 4 (own chunk) -> False;
+    # 8: token 8 masked at 5, not visible anywhere -> False
+    assert flags[0].tolist() == [False, True, False, False, False, False, False, False, False, False]
+    # with chunk 2, position 6's chunk is [6, 7]; token 9 at 4 is now outside -> True; 0: token 5 at 3 -> True
+    flags2 = outside_chunk_flags(inputs, labels, chunk_size=2)
+    assert flags2[0].nonzero().flatten().tolist() == [0, 1, 6]
+    # rows are independent: the same token visible in another batch row does not count
+    batch_inputs = torch.cat([inputs, torch.full_like(inputs, 8)])
+    batch_labels = torch.cat([labels, torch.full_like(labels, IGNORE_INDEX)])
+    assert outside_chunk_flags(batch_inputs, batch_labels, 4)[0].tolist() == flags[0].tolist()
+
+
+def test_outside_chunk_flags_match_a_loop():
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randint(1, 12, (3, 37), generator=g)
+    labels = torch.where(
+        torch.rand(3, 37, generator=g) < 0.3,
+        torch.randint(1, 12, (3, 37), generator=g),
+        torch.full((3, 37), IGNORE_INDEX),
+    )
+    flags = outside_chunk_flags(inputs, labels, 8)
+    for b in range(3):
+        for p in range(37):
+            want = labels[b, p] != IGNORE_INDEX and any(
+                inputs[b, q] == labels[b, p] and q // 8 != p // 8 for q in range(37)
+            )
+            assert bool(flags[b, p]) == bool(want)
+
+
+def test_metrics_groups_partition_the_tokens():
+    metrics = MLMMetrics()
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [5.0, 0.0, 0.0]])
+    targets = torch.tensor([0, 1, 0, 2])
+    metrics.update(logits, targets, torch.tensor([True, True, False, False]))
+    out = metrics.compute()
+    assert (
+        out["all"]["tokens"] == 4 and out["outside_chunk"]["tokens"] == 2 and out["chunk_only"]["tokens"] == 2
+    )
+    assert out["outside_chunk"]["accuracy"] == 1.0 and out["chunk_only"]["accuracy"] == 0.0
+    assert out["all"]["accuracy"] == 0.5
+    assert out["all"]["perplexity"] == pytest.approx(np.exp(out["all"]["loss"]))
+    total = out["outside_chunk"]["loss"] * 2 + out["chunk_only"]["loss"] * 2
+    assert out["all"]["loss"] * 4 == pytest.approx(total)
+
+
+@pytest.fixture
+def task(tmp_path):
+    spec = MLMTaskSpec(
+        train_data=str(corpus(tmp_path / "train.jsonl")),
+        eval_data=str(corpus(tmp_path / "v.jsonl", n_docs=4, seed=1)),
+        test_data=str(tmp_path / "missing.jsonl"),
+        cache_dir=str(tmp_path / "cache"),
+        seq_len=32,
+        eval_size=3,
+        split_chunk_size=8,
+    )
+    return MLMTask(spec, progress=False)
+
+
+def test_task_batches_are_deterministic_and_dynamic(task):
+    a, b = task.batch("train", range(4, 8)), task.batch("train", range(4, 8))
+    for key in a:
+        assert torch.equal(a[key], b[key])
+        assert a[key].shape == (4, 32)
+    assert torch.equal(task.batch("train", [6])["input_ids"][0], a["input_ids"][2])
+    n = len(task.examples("train"))
+    # the next epoch sees every example again with new masks
+    epoch0 = task.batch("train", range(n))
+    epoch1 = task.batch("train", range(n, 2 * n))
+    originals0 = torch.where(epoch0["labels"] != IGNORE_INDEX, epoch0["labels"], epoch0["input_ids"])
+    assert not torch.equal(epoch0["labels"] != IGNORE_INDEX, epoch1["labels"] != IGNORE_INDEX)
+    originals1 = torch.where(epoch1["labels"] != IGNORE_INDEX, epoch1["labels"], epoch1["input_ids"])
+    assert sorted(map(tuple, originals0.tolist())) == sorted(map(tuple, originals1.tolist()))
+    assert (a["input_ids"][:, 0] == task.special.cls).all()
+    assert len(task.eval_indices()) == 3
+    counts = task.metric_counts(torch.randn(4, 32, task.vocab_size), a["labels"])
+    metrics = task.compute_metrics(counts)
+    assert set(metrics) == {"accuracy", "mlm_loss", "perplexity"}
+
+
+def test_missing_test_corpus_is_a_clear_error(task):
+    with pytest.raises(CorpusError, match="does not exist"):
+        task.batch("test", [0])
+
+
+def tiny_model(task, **kw):
+    settings = argparse.Namespace(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_memory_tokens=kw.get("m", 2),
+        attention_pattern="chunked",
+        chunk_size=8,
+        attention_window=None,
+        attn_backend="auto",
+    )
+    return build_mlm_model(settings, task), settings
+
+
+def test_evaluate_mlm_saved_model_and_cli(task, tmp_path, capsys):
+    model, _ = tiny_model(task)
+    model.save_pretrained(tmp_path / "model")
+    data = tmp_path / "v.jsonl"
+    result = evaluate_mlm(tmp_path / "model", data, length=32, batch_size=2, cache_dir=tmp_path / "cache")
+    m = result["metrics"]
+    assert result["split_chunk_size"] == 8 and result["length"] == 32 and result["num_examples"] > 0
+    assert m["all"]["tokens"] == m["outside_chunk"]["tokens"] + m["chunk_only"]["tokens"] > 0
+    assert m["all"]["perplexity"] == pytest.approx(np.exp(m["all"]["loss"]))
+    # the same seed scores the same tokens; the model instance path gives the same numbers
+    again = evaluate_mlm(model, data, length=32, batch_size=3, cache_dir=tmp_path / "cache")
+    assert again["metrics"]["all"]["loss"] == pytest.approx(m["all"]["loss"], rel=1e-5)
+
+    parser = argparse.ArgumentParser()
+    add_mlm_eval_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--model",
+            str(tmp_path / "model"),
+            "--data",
+            str(data),
+            "--length",
+            "32",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert run_mlm_eval(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["metrics"]["all"]["tokens"] == m["all"]["tokens"]
+    assert (tmp_path / "model" / "eval-mlm-v-L32.json").is_file()
+    # bad data: a clear error and exit status 2, not a traceback
+    (tmp_path / "empty.jsonl").write_text("")
+    for bad in ("empty.jsonl", "nope.jsonl"):
+        args = parser.parse_args(
+            [
+                "--model",
+                str(tmp_path / "model"),
+                "--data",
+                str(tmp_path / bad),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--output",
+                "-",
+            ]
+        )
+        assert run_mlm_eval(args) == 2
+    args = parser.parse_args(["--model", str(tmp_path / "model"), "--data", str(data), "--length", "64"])
+    assert run_mlm_eval(args) == 2  # longer than the model accepts
+
+
+def test_build_mlm_model_from_a_pretrained_checkpoint_checks_the_pattern(task, tmp_path):
+    model, settings = tiny_model(task)
+    model.save_pretrained(tmp_path / "ckpt")
+    spec = MLMTaskSpec(**{**vars(task.spec), "pretrained": str(tmp_path / "ckpt")})
+    pre_task = MLMTask(spec, progress=False)
+    loaded = build_mlm_model(settings, pre_task)
+    assert torch.equal(
+        loaded.gmat.embeddings.word_embeddings.weight, model.gmat.embeddings.word_embeddings.weight
+    )
+    with pytest.raises(ValueError, match="pretrained checkpoint"):
+        build_mlm_model(argparse.Namespace(**{**vars(settings), "num_memory_tokens": 5}), pre_task)
+
+
+def test_one_training_step_through_the_task(task):
+    model, _ = tiny_model(task)
+    batch = task.batch("train", range(2))
+    out = model(**batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert model.gmat.embeddings.memory_embeddings.grad.abs().sum() > 0
+
+
+def test_tokenizer_special_ids_are_bert_s():
+    tok = WordPieceTokenizer()
+    assert tok.special == SPECIAL and tok.vocab_size == 30522
