@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tolerances import LOWP_BACKWARD_FACTOR, assert_close_to_oracle
 
 from gmat.ops import AttentionPattern, get_backend, gmat_attention, not_supported_reasons
 from gmat.ops.reference import reference_attention
+from tolerances import LOWP_BACKWARD_FACTOR, assert_close_to_oracle
 
 # (B, H, L, M, D): L = 1, prime, not a multiple of C or 128, M in {0, 1, 7}, D in {16, 40, 64}
 SHAPES = [(1, 1, 1, 0, 16), (2, 2, 17, 1, 16), (2, 3, 97, 7, 40), (1, 2, 131, 0, 64), (3, 1, 128, 7, 64)]

@@ -39,7 +39,8 @@ def _mask_mod(pattern: AttentionPattern, key_valid: torch.Tensor | None) -> Call
 def _cached_block_mask(pattern: AttentionPattern, n: int, device: torch.device):  # noqa: ANN202
     from torch.nn.attention.flex_attention import create_block_mask
 
-    return create_block_mask(_mask_mod(pattern, None), B=None, H=None, Q_LEN=n, KV_LEN=n, device=device)
+    return create_block_mask(_mask_mod(pattern, None), B=None, H=None, Q_LEN=n, KV_LEN=n, device=device,
+                             _compile=device.type == "cuda")  # compiled: no dense (M+L)² mask at long L
 
 
 def flex_block_mask(pattern: AttentionPattern, n: int, device: torch.device,
@@ -51,7 +52,8 @@ def flex_block_mask(pattern: AttentionPattern, n: int, device: torch.device,
         return _cached_block_mask(pattern, n, torch.device(device))
     bsz = attention_mask.shape[0]
     key_valid = torch.cat([attention_mask.new_ones(bsz, pattern.num_memory), attention_mask], dim=1)
-    return create_block_mask(_mask_mod(pattern, key_valid), B=bsz, H=None, Q_LEN=n, KV_LEN=n, device=device)
+    return create_block_mask(_mask_mod(pattern, key_valid), B=bsz, H=None, Q_LEN=n, KV_LEN=n, device=device,
+                             _compile=torch.device(device).type == "cuda")
 
 
 def flex_attention_gmat(
