@@ -37,6 +37,13 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
+def _pad_rows(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Zero-pad dim -2 of ``(B, H, n, D)``; a no-op (no copy) when nothing is added."""
+    if before == 0 and after == 0:
+        return x
+    return F.pad(x, (0, 0, before, after))
+
+
 def _with_nonempty_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Let rows with no allowed key see everything (their output is zeroed later).
 
@@ -102,7 +109,7 @@ def blocked_attention(
 
     # ---- per-block keys: [mem keys ; keys of the block and its halo] ---------------------------------
     def block_keys(x_mem: torch.Tensor, x_seq: torch.Tensor) -> torch.Tensor:
-        x_seq = F.pad(x_seq, (0, 0, halo, padded_len - seq_len + halo))  # (B, H, halo+Lp+halo, D)
+        x_seq = _pad_rows(x_seq, halo, padded_len - seq_len + halo)  # (B, H, halo+Lp+halo, D)
         if halo == 0:
             x_blk = x_seq.view(bsz, heads, n_blocks, n_keys, dim)
         else:
@@ -114,7 +121,7 @@ def blocked_attention(
 
     keys = block_keys(k_mem, k_seq)
     values = block_keys(v_mem, v_seq)
-    queries = F.pad(q_seq, (0, 0, 0, padded_len - seq_len)).view(bsz, heads, n_blocks, block, dim)
+    queries = _pad_rows(q_seq, 0, padded_len - seq_len).view(bsz, heads, n_blocks, block, dim)
     queries = queries.transpose(1, 2).reshape(bsz * n_blocks, heads, block, dim)  # (B·nB, H, b, D)
 
     # ---- mask per block: (B·nB, 1, b or 1, M+K) ----------------------------------------------------------
