@@ -46,7 +46,6 @@ import os
 import platform
 import random
 import time
-import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -995,83 +994,12 @@ class RCRunConfig:
     train: RCTrainSettings = field(default_factory=RCTrainSettings)
 
 
-def _check_value(key: str, value: Any, annotation: Any) -> Any:
-    args = typing.get_args(annotation) if typing.get_origin(annotation) is not None else (annotation,)
-    for arg in args:
-        if arg is type(None) and value is None:
-            return None
-        if arg is bool and isinstance(value, bool):
-            return value
-        if arg is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if arg is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if arg is float and isinstance(value, str):
-            # PyYAML (YAML 1.1) reads "3e-4" as a string; accept any float literal.
-            with contextlib.suppress(ValueError):
-                return float(value)
-        if arg is str and isinstance(value, str):
-            return value
-    names = " | ".join(getattr(a, "__name__", str(a)) for a in args)
-    raise ValueError(f"config key {key!r} expects {names}, got {value!r} ({type(value).__name__})")
-
-
-def _build_section(cls: type, data: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "config"
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} "
-            f"(valid keys of {where}: {', '.join(sorted(names))})"
-        )
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build_section(hint, value, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _check_value(prefix + key, value, hint)
-    return cls(**kwargs)
-
-
-def _apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    import yaml
-
-    data = json.loads(json.dumps(data))  # deep copy of plain YAML data
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    return data
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: invalid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a run config must be a mapping, got {type(data).__name__}")
-    return data
-
-
 def is_rc_config(path: str | Path) -> bool:
     """Whether the YAML file at ``path`` is an rc run config (``task: {name: rc}``); False if unreadable."""
+    from gmat.training.config import read_yaml_mapping
+
     try:
-        data = _read_yaml(Path(path))
+        data = read_yaml_mapping(Path(path))
     except (OSError, ValueError):
         return False
     task = data.get("task")
@@ -1085,10 +1013,12 @@ def load_rc_config(path: str | Path, overrides: Sequence[str] = ()) -> RCRunConf
         FileNotFoundError: if ``path`` does not exist.
         ValueError: on invalid YAML, unknown keys, or wrongly typed / out-of-range values (named).
     """
+    from gmat.training.config import apply_overrides, build_dataclass, read_yaml_mapping
+
     path = Path(path)
-    data = _apply_overrides(_read_yaml(path), overrides)
+    data = apply_overrides(read_yaml_mapping(path), list(overrides))
     try:
-        return _build_section(RCRunConfig, data, "")
+        return build_dataclass(RCRunConfig, data)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
 

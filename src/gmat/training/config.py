@@ -14,6 +14,7 @@ falls back to a default.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -30,6 +31,8 @@ __all__ = [
     "RunConfig",
     "TrainSettings",
     "apply_overrides",
+    "build_dataclass",
+    "read_yaml_mapping",
     "config_to_dict",
     "load_config",
     "parse_config",
@@ -223,7 +226,8 @@ def task_spec_class(name: Any) -> type:
     return TaskSpec
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
+    """Validate a nested mapping against dataclass ``cls``: unknown keys and mistyped values raise ``ValueError``."""
     where = prefix.rstrip(".") or "config"
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
@@ -241,7 +245,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if cls is RunConfig and name == "task" and isinstance(value, dict):
             hint = task_spec_class(value.get("name"))
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+            kwargs[name] = build_dataclass(hint, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _check_type(f"{prefix}{name}", value, hint)
     return cls(**kwargs)
@@ -253,7 +257,7 @@ def parse_config(data: dict[str, Any]) -> RunConfig:
     Raises:
         ValueError: naming the dotted key of an unknown key or a value of the wrong type or range.
     """
-    return _build(RunConfig, data, "")
+    return build_dataclass(RunConfig, data)
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
@@ -267,7 +271,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     Raises:
         ValueError: on a malformed override (no ``=``) or a path through a non-mapping.
     """
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -284,6 +288,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: on invalid YAML or a top level that is not a mapping (the message names the file).
+    """
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: invalid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a run config must be a mapping, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config, apply ``--set`` overrides, validate.
 
@@ -292,13 +312,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         ValueError: on invalid YAML, unknown keys or wrongly typed values (the message names them).
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: invalid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a run config must be a mapping, got {type(data).__name__}")
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(read_yaml_mapping(path), overrides or [])
     try:
         return parse_config(data)
     except ValueError as err:
