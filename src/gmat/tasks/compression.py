@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gmat.data.corpus import PackedExamples, WordPieceTokenizer, build_token_cache
-from gmat.tasks.mlm import DEFAULT_CACHE_DIR, IGNORE_INDEX, mask_tokens
+from gmat.data.corpus import PackedExamples, WordPieceTokenizer
+from gmat.tasks.mlm import DEFAULT_CACHE_DIR, IGNORE_INDEX, mask_tokens, pack_split
 
 __all__ = [
     "COMPRESSION_TASKS",
@@ -131,22 +131,8 @@ class CompressionTask:
 
     def examples(self, split: str) -> PackedExamples:
         """Return the packed windows of ``split``, tokenising the corpus on first use."""
-        if split not in _SPLIT_IDS:
-            raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
         if split not in self._packed:
-            source = {
-                "train": self.spec.train_data,
-                "eval": self.spec.eval_data,
-                "test": self.spec.test_data,
-            }[split]
-            cache = build_token_cache(
-                source,
-                self.spec.cache_dir,
-                tokenizer=self.tokenizer,
-                text_field=self.spec.text_field,
-                progress=self.progress,
-            )
-            self._packed[split] = PackedExamples(cache, self.window)
+            self._packed[split] = pack_split(self.spec, split, self.tokenizer, self.window, self.progress)
         return self._packed[split]
 
     def eval_indices(self, split: str = "eval") -> np.ndarray:

@@ -197,6 +197,27 @@ def masked_lm_logits(
 
 
 # ---- the task ------------------------------------------------------------------------------------------
+def pack_split(spec: Any, split: str, tokenizer: WordPieceTokenizer, window: int, progress: bool) -> PackedExamples:
+    """Tokenise (once, through the token cache) the corpus of ``split`` and pack it into ``window``-token examples.
+
+    Args:
+        spec: a task spec with ``train_data``/``eval_data``/``test_data``, ``cache_dir`` and ``text_field``.
+        split: ``"train"``, ``"eval"`` or ``"test"``.
+        tokenizer: the WordPiece tokenizer.
+        window: tokens per example.
+        progress: show a progress bar while tokenising.
+
+    Raises:
+        ValueError: on an unknown split.
+    """
+    if split not in _SPLIT_IDS:
+        raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
+    source = {"train": spec.train_data, "eval": spec.eval_data, "test": spec.test_data}[split]
+    cache = build_token_cache(source, spec.cache_dir, tokenizer=tokenizer, text_field=spec.text_field,
+                              progress=progress)
+    return PackedExamples(cache, window)
+
+
 @dataclass(frozen=True)
 class MLMTaskSpec:
     """Settings of an MLM run (the ``task:`` section of a run config).
@@ -270,22 +291,8 @@ class MLMTask:
 
     def examples(self, split: str) -> PackedExamples:
         """Return the packed examples of ``split`` (train, eval or test), tokenising on first use."""
-        if split not in _SPLIT_IDS:
-            raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
         if split not in self._packed:
-            source = {
-                "train": self.spec.train_data,
-                "eval": self.spec.eval_data,
-                "test": self.spec.test_data,
-            }[split]
-            cache = build_token_cache(
-                source,
-                self.spec.cache_dir,
-                tokenizer=self.tokenizer,
-                text_field=self.spec.text_field,
-                progress=self.progress,
-            )
-            self._packed[split] = PackedExamples(cache, self.spec.seq_len)
+            self._packed[split] = pack_split(self.spec, split, self.tokenizer, self.spec.seq_len, self.progress)
         return self._packed[split]
 
     def eval_indices(self, split: str = "eval") -> np.ndarray:
