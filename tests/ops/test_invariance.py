@@ -85,3 +85,18 @@ def test_blocked_traces_without_graph_breaks(pattern):
     explanation = torch._dynamo.explain(
         lambda a, b, c, m: gmat_attention(a, b, c, pattern, m, backend="blocked"))(q, k, v, mask)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize("pattern", [AttentionPattern(2, "chunked", chunk_size=4),
+                                     AttentionPattern(2, "window", window=3)])
+def test_dropout_gradients_match_finite_differences(pattern):
+    """With the dropout draw fixed by a seed, attention is a smooth function: gradcheck it in float64."""
+    q, k, v = (torch.randn(1, 2, 2 + 11, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.tensor([[True] * 9 + [False] * 2])
+
+    def fixed_draw(a, b, c):
+        with torch.random.fork_rng():
+            torch.manual_seed(7)
+            return gmat_attention(a, b, c, pattern, mask, backend="blocked", dropout_p=0.4)
+
+    assert torch.autograd.gradcheck(fixed_draw, (q, k, v))

@@ -37,9 +37,18 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
+def _known_zero(n: int | torch.SymInt) -> bool:
+    """True when ``n`` is a plain int equal to 0.
+
+    A symbolic size (torch.export, dynamic compile) is never "known": branching on it would bake the
+    trace-time shape into the exported graph.
+    """
+    return isinstance(n, int) and n == 0
+
+
 def _pad_rows(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
     """Zero-pad dim -2 of ``(B, H, n, D)``; a no-op (no copy) when nothing is added."""
-    if before == 0 and after == 0:
+    if _known_zero(before) and _known_zero(after):
         return x
     return F.pad(x, (0, 0, before, after))
 
@@ -126,7 +135,7 @@ def blocked_attention(
 
     # ---- mask per block: (B·nB, 1, b or 1, M+K) ----------------------------------------------------------
     banded = pattern.kind == "window"
-    needs_mask = banded or padded_len != seq_len or attention_mask is not None
+    needs_mask = banded or not _known_zero(padded_len - seq_len) or attention_mask is not None
     mask = row_any = None
     if needs_mask:
         valid = attention_mask if attention_mask is not None else q.new_ones(bsz, seq_len, dtype=torch.bool)
