@@ -24,11 +24,11 @@ CONFIGS = REPO / "configs" / "synthetic"
 TASKS = ("majority", "majority-tagging", "lookup")
 VARIANTS = ("dense", "chunked-m0", "chunked-m1", "chunked-m8", "chunked-m32", "window-m8")
 BASE_LENGTH = 512
-# accuracy against L: majority, chunked M=0 vs M=8; (length, number of seeds) -- L=2048 gets one seed on CPU
+# accuracy against L: majority, chunked M=0 vs M=8; (length, number of seeds)
 LENGTH_SWEEP = {
     "task": "majority",
     "variants": ("chunked-m0", "chunked-m8"),
-    "lengths": ((1024, 3), (2048, 1)),
+    "lengths": ((1024, 3), (2048, 3)),
 }
 
 
@@ -136,6 +136,8 @@ def _plots(summary: list[dict], out_dir: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         rows = {r["variant"]: r for r in summary if r["task"] == task and r["seq_len"] == BASE_LENGTH}
+        chunk = load_config(CONFIGS / f"{task}-chunked-m8.yaml").model.chunk_size
+        window = load_config(CONFIGS / f"{task}-window-m8.yaml").model.attention_window
         ms = [(0, "chunked-m0"), (1, "chunked-m1"), (8, "chunked-m8"), (32, "chunked-m32")]
         pts = [(m, rows[v]) for m, v in ms if v in rows]
         if pts:
@@ -145,7 +147,7 @@ def _plots(summary: list[dict], out_dir: Path) -> None:
                 yerr=[r["std"] for _, r in pts],
                 marker="o",
                 capsize=3,
-                label="chunked C=32",
+                label=f"chunked C={chunk}",
             )
         if "dense" in rows:
             ax.axhline(rows["dense"]["mean"], color="k", ls="--", lw=1, label="dense M=0 (mean)")
@@ -158,7 +160,7 @@ def _plots(summary: list[dict], out_dir: Path) -> None:
                 color="C2",
                 capsize=3,
                 ls="none",
-                label="window w=16, M=8",
+                label=f"window w={window}, M=8",
             )
         chance = make_task(load_config(CONFIGS / f"{task}-chunked-m0.yaml").task).chance
         ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")

@@ -60,12 +60,48 @@ def test_lookup_queries_ask_for_values_of_pairs_in_the_other_half():
         ids, labels = ex["input_ids"], ex["labels"]
         asked = np.flatnonzero(labels != IGNORE_INDEX)
         assert len(asked) == 4 and (asked >= 64).all()
-        key_pos = np.flatnonzero((ids >= task._key0) & (ids < task._query0))
-        assert len(key_pos) == 6 and (key_pos < 64).all()
-        value_of = {int(ids[p]) - task._key0: int(ids[p + 1]) - task._value0 for p in key_pos}
+        pair_pos = np.flatnonzero((ids >= task._pair0) & (ids < task._query0))
+        assert len(pair_pos) == 6 and (pair_pos < 64).all()
+        value_of = dict(divmod(int(ids[p]) - task._pair0, 8) for p in pair_pos)  # key -> value
+        assert len(value_of) == 6  # distinct keys
         for q in asked:
             assert value_of[int(ids[q]) - task._query0] == labels[q]
         assert ids.max() < task.vocab_size and ids.min() >= 1
+
+
+def test_lookup_with_copies_and_more_queries_than_pairs():
+    task = make_task(TaskSpec(name="lookup", seq_len=256, num_pairs=4, pair_copies=5, num_queries=32,
+                              num_keys=16, num_values=8))
+    for i in range(5):
+        ex = task.example("test", i)
+        ids, labels = ex["input_ids"], ex["labels"]
+        pair_pos = np.flatnonzero((ids >= task._pair0) & (ids < task._query0))
+        assert len(pair_pos) == 20 and (pair_pos < 128).all()
+        pairs, copies = np.unique(ids[pair_pos], return_counts=True)
+        assert len(pairs) == 4 and (copies == 5).all()
+        value_of = dict(divmod(int(p) - task._pair0, 8) for p in pairs)
+        asked = np.flatnonzero(labels != IGNORE_INDEX)
+        assert len(asked) == 32 and (asked >= 128).all()
+        assert {int(ids[q]) - task._query0 for q in asked} == set(value_of)  # every pair is asked
+        for q in asked:
+            assert value_of[int(ids[q]) - task._query0] == labels[q]
+
+
+def test_task_loss_weights_positives_of_tagging_only():
+    logits = torch.randn(2, 6, 2)
+    labels = torch.tensor([[1, 0, 0, 0, 1, IGNORE_INDEX], [0, 0, 0, 1, 0, 0]])
+    plain = make_task(TaskSpec(name="majority_tagging", seq_len=16))
+    weighted = make_task(TaskSpec(name="majority_tagging", seq_len=16, positive_weight=3.0))
+    flat, target = logits.reshape(-1, 2), labels.reshape(-1)
+    torch.testing.assert_close(plain.loss(logits, labels), torch.nn.functional.cross_entropy(flat, target))
+    keep = target != IGNORE_INDEX
+    per = torch.nn.functional.cross_entropy(flat[keep], target[keep], reduction="none")
+    w = 1.0 + 2.0 * (target[keep] == 1)
+    torch.testing.assert_close(weighted.loss(logits, labels), (per * w).sum() / w.sum())
+    majority = make_task(TaskSpec(name="majority", seq_len=16))
+    seq_logits, seq_labels = torch.randn(3, 8), torch.tensor([1, 7, 0])
+    torch.testing.assert_close(majority.loss(seq_logits, seq_labels),
+                               torch.nn.functional.cross_entropy(seq_logits, seq_labels))
 
 
 def test_metrics_on_hand_checked_examples():
@@ -102,7 +138,11 @@ def test_a_chunk_alone_rarely_reveals_the_majority():
         (dict(name="parity"), "task.name"),
         (dict(seq_len=4), "task.seq_len"),
         (dict(margin=0.0), "task.margin"),
-        (dict(name="lookup", num_pairs=2, num_queries=3), "num_queries"),
+        (dict(name="lookup", num_pairs=2, num_queries=0), "num_queries"),
+        (dict(name="lookup", num_pairs=40, num_keys=32), "num_pairs"),
+        (dict(name="lookup", seq_len=64, num_pairs=4, pair_copies=9), "pair_copies|fit"),
+        (dict(name="lookup", pair_copies=0), "pair_copies"),
+        (dict(name="majority_tagging", positive_weight=0.0), "positive_weight"),
     ],
 )
 def test_spec_validation_names_the_field(bad, match):

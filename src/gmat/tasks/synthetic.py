@@ -15,10 +15,15 @@ Tasks (L = ``seq_len``):
   expected lead (``margin * C/V``), so a chunk alone rarely reveals the label.
 * ``majority_tagging``: the same input; position i is labelled 1 when its symbol is the global majority
   symbol. Positives are about 1/V of the tokens; score with positive-class F1 (and balanced accuracy).
-* ``lookup``: ``num_pairs`` key–value pairs (two adjacent tokens) sit in the first half of the sequence,
-  ``num_queries`` query tokens (a key's query form) sit in the second half; the label at a query
-  position is the value of its key, every other position is ignored (-100). With a chunk size that
-  divides L/2 a query never shares a chunk with its pair.
+* ``lookup``: ``num_pairs`` key–value pairs sit at random positions of the first half of the sequence,
+  ``num_queries`` query tokens (a key's query form) at random positions of the second half, filler noise
+  everywhere else; the label at a query position is the value of its key, every other position is
+  ignored (-100). With a chunk size that divides L/2 a query never shares a chunk with its pair.
+  A pair is **one token** whose id encodes (key, value), so the task measures global retrieval and
+  nothing else. (With the key and the value as two adjacent tokens, a memory model needs three layers,
+  bind the value to its key locally, gather the bound pairs into memory, read memory at the query,
+  because memory rows read the layer's input, not the output of the same layer's local attention; a
+  dense model needs two. The two-token version did not learn at all in 300 steps with 2 layers.)
 """
 
 from __future__ import annotations
@@ -56,9 +61,12 @@ class TaskSpec:
         num_symbols: V, alphabet size of ``majority`` / ``majority_tagging``.
         margin: majority lead over the runner-up, as a fraction of the mean count L/V.
         num_pairs: key–value pairs per example (``lookup``).
-        num_queries: queries per example (``lookup``), at most ``num_pairs``.
+        num_queries: queries per example (``lookup``); beyond ``num_pairs`` pairs are asked again.
         num_keys: size of the key alphabet (``lookup``).
         num_values: size of the value alphabet (``lookup``); chance is ``1/num_values``.
+        pair_copies: how many times each pair token occurs in the first half (``lookup``).
+        positive_weight: weight of the positive class in the training loss (``majority_tagging``, whose
+            positives are rare; about ``(1 - p) / p`` balances them).
         seed: base seed of the generator.
         eval_size: number of examples of the evaluation split.
     """
@@ -71,6 +79,8 @@ class TaskSpec:
     num_queries: int = 4
     num_keys: int = 32
     num_values: int = 16
+    pair_copies: int = 1
+    positive_weight: float = 1.0
     seed: int = 0
     eval_size: int = 256
 
@@ -84,18 +94,22 @@ class TaskSpec:
         if not 0.0 < self.margin <= 1.0:
             raise ValueError(f"task.margin must be in (0, 1], got {self.margin}")
         if self.name == "lookup":
-            if not 1 <= self.num_queries <= self.num_pairs <= self.num_keys:
+            if not (1 <= self.num_pairs <= self.num_keys and self.num_queries >= 1):
                 raise ValueError(
-                    "lookup needs 1 <= num_queries <= num_pairs <= num_keys, got "
-                    f"{self.num_queries}, {self.num_pairs}, {self.num_keys}"
+                    "lookup needs 1 <= num_pairs <= num_keys and num_queries >= 1, got "
+                    f"num_pairs={self.num_pairs}, num_keys={self.num_keys}, num_queries={self.num_queries}"
                 )
-            if 2 * self.num_pairs > self.seq_len // 2 or self.num_queries > self.seq_len // 2:
+            if self.pair_copies < 1:
+                raise ValueError(f"task.pair_copies must be >= 1, got {self.pair_copies}")
+            if self.num_pairs * self.pair_copies > self.seq_len // 2 or self.num_queries > self.seq_len // 2:
                 raise ValueError(
-                    f"lookup: {self.num_pairs} pairs / {self.num_queries} queries do not fit "
+                    f"lookup: {self.num_pairs}x{self.pair_copies} pairs / {self.num_queries} queries do not fit "
                     f"in halves of seq_len={self.seq_len}"
                 )
             if self.num_values < 2:
                 raise ValueError(f"task.num_values must be >= 2, got {self.num_values}")
+        if not self.positive_weight > 0:
+            raise ValueError(f"task.positive_weight must be > 0, got {self.positive_weight}")
         if self.eval_size < 1:
             raise ValueError(f"task.eval_size must be >= 1, got {self.eval_size}")
 
@@ -110,12 +124,11 @@ class SyntheticTask:
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
         if spec.name == "lookup":
-            # ids: [1, F] filler, then keys, query forms of keys, values.
+            # ids: [1, F] filler, then pair tokens (key k, value v) -> pair0 + k·num_values + v, then queries.
             self._filler = 8
-            self._key0 = 1 + self._filler
-            self._query0 = self._key0 + spec.num_keys
-            self._value0 = self._query0 + spec.num_keys
-            self.vocab_size = self._value0 + spec.num_values
+            self._pair0 = 1 + self._filler
+            self._query0 = self._pair0 + spec.num_keys * spec.num_values
+            self.vocab_size = self._query0 + spec.num_keys
         else:
             self.vocab_size = 1 + spec.num_symbols
 
@@ -203,11 +216,10 @@ class SyntheticTask:
         labels = np.full(s.seq_len, IGNORE_INDEX, dtype=np.int64)
         keys = rng.choice(s.num_keys, size=s.num_pairs, replace=False)
         values = rng.integers(s.num_values, size=s.num_pairs)
-        # pairs occupy disjoint even-aligned slots (p, p+1) of the first half
-        slots = rng.choice(half // 2, size=s.num_pairs, replace=False) * 2
-        ids[slots] = self._key0 + keys
-        ids[slots + 1] = self._value0 + values
-        asked = rng.choice(s.num_pairs, size=s.num_queries, replace=False)
+        slots = rng.choice(half, size=s.num_pairs * s.pair_copies, replace=False)  # distinct, first half
+        ids[slots] = np.tile(self._pair0 + keys * s.num_values + values, s.pair_copies)
+        # every pair is asked at least once when there are enough queries; the rest ask random pairs again
+        asked = rng.permutation(np.resize(rng.permutation(s.num_pairs), s.num_queries))
         where = half + rng.choice(s.seq_len - half, size=s.num_queries, replace=False)
         ids[where] = self._query0 + keys[asked]
         labels[where] = values[asked]
@@ -232,6 +244,20 @@ class SyntheticTask:
         mine = range(rank, self.spec.eval_size, world_size)
         for start in range(0, len(mine), batch_size):
             yield self.batch(split, mine[start : start + batch_size])
+
+    # ---- loss and metrics -------------------------------------------------------------------------------
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Training loss: cross-entropy over labelled positions, positives weighted for tagging.
+
+        Args:
+            logits: ``(B, num_labels)`` or ``(B, L, num_labels)``.
+            labels: ``(B,)`` or ``(B, L)``, ``IGNORE_INDEX`` where unlabelled.
+        """
+        weight = None
+        if self.spec.name == "majority_tagging" and self.spec.positive_weight != 1.0:
+            weight = logits.new_tensor([1.0, self.spec.positive_weight], dtype=torch.float32)
+        flat = logits.float().reshape(-1, logits.shape[-1])
+        return torch.nn.functional.cross_entropy(flat, labels.reshape(-1), weight=weight, ignore_index=IGNORE_INDEX)
 
     # ---- metrics ---------------------------------------------------------------------------------------
     def metric_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -174,6 +174,19 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def forward_loss(model: torch.nn.Module, task: Any, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+    """Run ``model`` on ``batch`` and return ``(outputs, loss)``.
+
+    The loss is the task's own (``task.loss``, e.g. class-weighted) when it defines one, else the model's.
+    """
+    task_loss = getattr(task, "loss", None)
+    if task_loss is None:
+        out = model(**batch)
+        return out, out.loss
+    out = model(**{k: v for k, v in batch.items() if k != "labels"})
+    return out, task_loss(out.logits, batch["labels"])
+
+
 @torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
@@ -196,9 +209,9 @@ def evaluate_model(
     for batch in task.iter_eval(batch_size, info.rank, info.world_size, split=split):
         batch = {k: v.to(info.device) for k, v in batch.items()}
         with autocast or contextlib.nullcontext():
-            out = model(**batch)
+            out, loss = forward_loss(model, task, batch)
         counts += task.metric_counts(out.logits.float(), batch["labels"])
-        loss_stats += torch.tensor([float(out.loss), 1.0], dtype=torch.float64)
+        loss_stats += torch.tensor([float(loss), 1.0], dtype=torch.float64)
     counts = all_reduce_sum(counts, info)
     loss_stats = all_reduce_sum(loss_stats, info)
     model.train(was_training)
@@ -397,7 +410,7 @@ def _train(config: RunConfig, info: DistInfo, *, resume: bool, stop_after: int |
             sync = contextlib.nullcontext() if last_micro or not info.distributed else ddp_model.no_sync()
             with sync:
                 with autocast:
-                    loss = ddp_model(**batch).loss / tc.grad_accum_steps
+                    loss = forward_loss(ddp_model, task, batch)[1] / tc.grad_accum_steps
                 loss.backward()
             loss_sum += loss.detach()
         if tc.grad_clip > 0:
