@@ -6,6 +6,7 @@ from gmat.tasks.synthetic import (
     IGNORE_INDEX,
     TaskSpec,
     chunk_oracle_accuracy,
+    chunk_oracle_tagging_f1,
     compute_metrics,
     make_task,
 )
@@ -148,3 +149,12 @@ def test_a_chunk_alone_rarely_reveals_the_majority():
 def test_spec_validation_names_the_field(bad, match):
     with pytest.raises(ValueError, match=match):
         TaskSpec(**bad)
+
+
+def test_chunk_local_tagging_is_far_from_solved_in_the_experiment_setting():
+    # configs/synthetic/majority-tagging-*.yaml: L=512, V=8, margin 0.75, chunks of 16
+    task = make_task(TaskSpec(name="majority_tagging", seq_len=512, num_symbols=8, margin=0.75))
+    assert chunk_oracle_tagging_f1(task, chunk_size=512, num_examples=20) == 1.0
+    assert 0.3 < chunk_oracle_tagging_f1(task, chunk_size=16, num_examples=100) < 0.6
+    with pytest.raises(ValueError, match="majority_tagging"):
+        chunk_oracle_tagging_f1(make_task(TaskSpec(name="majority")), 16)

@@ -41,6 +41,7 @@ __all__ = [
     "SyntheticTask",
     "TaskSpec",
     "chunk_oracle_accuracy",
+    "chunk_oracle_tagging_f1",
     "compute_metrics",
     "make_task",
 ]
@@ -321,6 +322,31 @@ def chunk_oracle_accuracy(
         best = np.flatnonzero(counts == counts.max())
         hits += int(rng.choice(best) == label)
     return hits / num_examples
+
+
+def chunk_oracle_tagging_f1(
+    task: SyntheticTask, chunk_size: int, num_examples: int = 200, split: str = "test"
+) -> float:
+    """Positive-class F1 of the best-known chunk-local tagger on ``majority_tagging``.
+
+    Each position is tagged positive when its symbol is among the most frequent symbols of its own chunk
+    (exact counts). This is what a model that sees only its chunk can do; 1.0 when the chunk is the whole
+    sequence.
+    """
+    if task.spec.name != "majority_tagging":
+        raise ValueError(f"the tagging oracle is defined for majority_tagging, got {task.spec.name!r}")
+    tp = fp = fn = 0
+    for i in range(num_examples):
+        ex = task.example(split, i)
+        symbols, positive = np.asarray(ex["input_ids"]) - 1, np.asarray(ex["labels"]) == 1
+        for start in range(0, len(symbols), chunk_size):
+            chunk = symbols[start : start + chunk_size]
+            counts = np.bincount(chunk, minlength=task.spec.num_symbols)
+            pred, truth = (counts == counts.max())[chunk], positive[start : start + chunk_size]
+            tp += int((pred & truth).sum())
+            fp += int((pred & ~truth).sum())
+            fn += int((~pred & truth).sum())
+    return 2 * tp / max(2 * tp + fp + fn, 1)
 
 
 def make_task(spec: TaskSpec) -> SyntheticTask:
