@@ -28,7 +28,7 @@ BASE_LENGTH = 512
 LENGTH_SWEEP = {
     "task": "majority",
     "variants": ("chunked-m0", "chunked-m8"),
-    "lengths": ((1024, 3), (2048, 3), (4096, 1)),
+    "lengths": ((1024, 3), (2048, 3), (4096, 3), (8192, 1)),
 }
 
 

@@ -158,3 +158,11 @@ def test_chunk_local_tagging_is_far_from_solved_in_the_experiment_setting():
     assert 0.3 < chunk_oracle_tagging_f1(task, chunk_size=16, num_examples=100) < 0.6
     with pytest.raises(ValueError, match="majority_tagging"):
         chunk_oracle_tagging_f1(make_task(TaskSpec(name="majority")), 16)
+
+
+def test_tagging_chance_is_the_f1_of_tagging_everything_positive():
+    task = make_task(TaskSpec(name="majority_tagging", seq_len=512, num_symbols=8, margin=0.75))
+    labels = task.batch("test", range(20))["labels"]
+    all_positive = torch.stack([torch.zeros_like(labels), torch.ones_like(labels)], dim=-1).float()
+    f1 = task.compute_metrics(task.metric_counts(all_positive, labels))["f1"]
+    assert f1 == pytest.approx(task.chance)

@@ -161,7 +161,7 @@ class SyntheticTask:
             return 1.0 / s.num_symbols
         if s.name == "lookup":
             return 1.0 / s.num_values
-        p = 1.0 / s.num_symbols
+        p = self._majority_top_count() / s.seq_len  # positive rate, fixed by construction
         return 2 * p / (1 + p)
 
     # ---- generation ------------------------------------------------------------------------------------
@@ -172,6 +172,12 @@ class SyntheticTask:
             raise ValueError(f"index must be >= 0, got {index}")
         return np.random.default_rng([self.spec.seed, _SPLIT_IDS[split], index])
 
+    def _majority_top_count(self) -> int:
+        """Count of the majority symbol: the smallest top such that every other count fits under top - gap."""
+        s = self.spec
+        gap = max(1, round(s.margin * s.seq_len / s.num_symbols))
+        return math.ceil((s.seq_len + (s.num_symbols - 1) * gap) / s.num_symbols)
+
     def majority_counts(self, rng: np.random.Generator) -> np.ndarray:
         """Symbol counts with a unique majority exactly ``gap`` ahead of the runner-up(s).
 
@@ -181,7 +187,7 @@ class SyntheticTask:
         s = self.spec
         v, n = s.num_symbols, s.seq_len
         gap = max(1, round(s.margin * n / v))
-        top = math.ceil((n + (v - 1) * gap) / v)  # smallest top count such that others fit under top-gap
+        top = self._majority_top_count()
         others = np.full(v - 1, top - gap, dtype=np.int64)
         excess = int(others.sum()) + top - n  # in [0, v-1]: remove it from random other symbols
         if excess > 0:
