@@ -31,6 +31,19 @@ _NESTED = {
 }
 
 
+def add_override_argument(parser: argparse.ArgumentParser, example: str) -> None:
+    """Add ``--set KEY=VALUE ...`` (into ``args.overrides``; see ``gmat.training.config.apply_overrides``)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override config keys, e.g. --set {example}",
+    )
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only ``command``'s module is imported (startup stays fast).
 

@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from gmat.cli import add_override_argument
+
 __all__ = ["add_cli_arguments", "cli_run", "evaluate_run"]
 
 logger = logging.getLogger(__name__)
@@ -73,15 +75,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("eval", "test"),
         help="data split (default: test, never used during training)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config keys, e.g. --set task.eval_size=1000",
-    )
+    add_override_argument(parser, "task.eval_size=1000")
 
 
 def cli_run(args: argparse.Namespace) -> int:

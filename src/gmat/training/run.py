@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from gmat.cli import add_override_argument
+
 __all__ = ["add_cli_arguments", "cli_run"]
 
 logger = logging.getLogger(__name__)
@@ -16,15 +18,7 @@ logger = logging.getLogger(__name__)
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gmat train``."""
     parser.add_argument("config", help="YAML run config, e.g. configs/synthetic/majority-gmat-m8.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config keys, e.g. --set train.lr=3e-4 model.num_memory_tokens=32",
-    )
+    add_override_argument(parser, "train.lr=3e-4 model.num_memory_tokens=32")
     parser.add_argument(
         "--resume",
         action="store_true",
