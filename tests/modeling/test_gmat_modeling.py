@@ -114,6 +114,28 @@ def test_mlm_decoder_tied_to_word_embeddings(gmat_config) -> None:
     assert model.cls.predictions.decoder.weight is model.gmat.embeddings.word_embeddings.weight
 
 
+def test_mlm_sparse_prediction_scores_only_labelled_positions(gmat_config, batch) -> None:
+    """Same loss and the same logits at the labelled rows as the full head; (N, V) logits; no labels: full."""
+    torch.manual_seed(0)
+    dense = GmatForMaskedLM(gmat_config(num_memory_tokens=2)).eval()
+    sparse = GmatForMaskedLM(gmat_config(num_memory_tokens=2, sparse_prediction=True)).eval()
+    sparse.load_state_dict(dense.state_dict())
+    inputs = batch(batch=2, length=9)
+    labels = inputs["input_ids"].clone()
+    labels[:, ::3] = -100
+    labels[1, 4:] = -100
+    with torch.no_grad():
+        full, part = dense(**inputs, labels=labels), sparse(**inputs, labels=labels)
+        unlabelled = sparse(**inputs)
+    scored = labels != -100
+    assert part.logits.shape == (int(scored.sum()), dense.config.vocab_size)
+    torch.testing.assert_close(part.logits, full.logits[scored])
+    torch.testing.assert_close(part.loss, full.loss)
+    torch.testing.assert_close(unlabelled.logits, full.logits)
+    with pytest.raises(ValueError, match="sparse_prediction"):
+        gmat_config(sparse_prediction="yes")
+
+
 @pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p["attention_pattern"])
 @pytest.mark.parametrize("num_memory", MEMORY_SIZES)
 def test_padding_invariance(pattern: dict, num_memory: int, gmat_config, batch) -> None:

@@ -273,7 +273,8 @@ class GmatForCompression(GmatPreTrainedModel):
             return_dict: return a ``GmatCompressionOutput`` (default ``config.return_dict``) or a tuple.
 
         Returns:
-            ``GmatCompressionOutput`` with ``logits`` ``(B, L, V)``, ``memory`` ``(B, M, d)`` and ``loss``.
+            ``GmatCompressionOutput`` with ``logits`` ``(B, L, V)`` (``(N, V)`` at the N labelled positions
+            with ``config.sparse_prediction`` and labels), ``memory`` ``(B, M, d)`` and ``loss``.
 
         Raises:
             ValueError: if ``context_ids`` is given to a reconstruction model, or on bad shapes.
@@ -289,7 +290,10 @@ class GmatForCompression(GmatPreTrainedModel):
             hidden = self.decode(memory, None, attention_mask, length=input_ids.shape[1])
         else:
             hidden = self.decode(memory, input_ids, attention_mask)
-        logits = self.cls(hidden)  # (B, L, V)
+        if labels is not None and self.config.sparse_prediction:
+            scored = labels != -100  # (B, L)
+            hidden, labels = hidden[scored], labels[scored]  # (N, d), (N,)
+        logits = self.cls(hidden)  # (B, L, V), or (N, V) with sparse prediction
         loss = None
         if labels is not None:
             loss = F.cross_entropy(

@@ -7,7 +7,10 @@ The field names are BERT's (so a ``BertConfig`` dictionary converts by adding th
 * ``chunk_size`` — C, used only by ``"chunked"`` (defaults to 128 there, must be unset otherwise);
 * ``attention_window`` — w, the one-sided inclusive radius, used only by ``"window"`` (defaults to 64
   there, must be unset otherwise);
-* ``attn_backend`` — the name handed to ``gmat.ops.gmat_attention`` (``"auto"`` or a registered backend).
+* ``attn_backend`` — the name handed to ``gmat.ops.gmat_attention`` (``"auto"`` or a registered backend);
+* ``sparse_prediction`` — ``GmatForMaskedLM`` given ``labels`` runs its vocabulary head on the labelled
+  positions only and returns their logits ``(N, V)`` (ModernBERT's option of the same name): the head is
+  most of an MLM step's cost on a small model.
 
 Every field is checked when the config is built; a bad value raises ``ValueError`` naming the field and the
 value.
@@ -60,6 +63,8 @@ class GmatConfig(PretrainedConfig):
         chunk_size: C for ``"chunked"`` (default 128); must be None for other patterns.
         attention_window: one-sided radius w for ``"window"`` (default 64); must be None otherwise.
         attn_backend: ``"auto"`` or a backend name from ``gmat.ops.list_backends()``.
+        sparse_prediction: with ``labels``, ``GmatForMaskedLM`` scores only positions whose label is not
+            -100 and returns logits ``(N, vocab_size)``, N = labelled positions in row-major order.
 
     Raises:
         ValueError: on a field of the wrong type or range, an unknown pattern or backend, a size given for a
@@ -98,6 +103,7 @@ class GmatConfig(PretrainedConfig):
     chunk_size: int | None = None
     attention_window: int | None = None
     attn_backend: str = "auto"
+    sparse_prediction: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
         """Fill pattern-dependent defaults, validate the fields, then run ``PretrainedConfig``'s init."""
@@ -148,6 +154,8 @@ class GmatConfig(PretrainedConfig):
                 f"attention_window={self.attention_window!r} with "
                 f"attention_pattern={self.attention_pattern!r}"
             )
+        if not isinstance(self.sparse_prediction, bool):
+            raise ValueError(f"GmatConfig.sparse_prediction must be a bool, got {self.sparse_prediction!r}")
         backends = ["auto", *list_backends()]
         if self.attn_backend not in backends:
             raise ValueError(f"GmatConfig.attn_backend must be one of {backends}, got {self.attn_backend!r}")

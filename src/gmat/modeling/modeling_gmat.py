@@ -602,6 +602,9 @@ class GmatForMaskedLM(GmatPreTrainedModel):
 
         Returns:
             ``GmatMaskedLMOutput`` with ``logits`` ``(B, L, vocab_size)`` and ``loss`` when labels are given.
+            With ``config.sparse_prediction`` and labels, ``logits`` is ``(N, vocab_size)``: only the N
+            positions whose label is not -100, in row-major order (``labels[labels != -100]`` are their
+            targets).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.gmat(
@@ -612,7 +615,11 @@ class GmatForMaskedLM(GmatPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        logits = self.cls(outputs.last_hidden_state)  # (B, L, V)
+        hidden = outputs.last_hidden_state  # (B, L, d)
+        if labels is not None and self.config.sparse_prediction:
+            scored = labels != -100  # (B, L)
+            hidden, labels = hidden[scored], labels[scored]  # (N, d), (N,)
+        logits = self.cls(hidden)  # (B, L, V), or (N, V) with sparse prediction
         loss = None
         if labels is not None:
             loss = F.cross_entropy(

@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gmat.data.corpus import PackedExamples, WordPieceTokenizer
-from gmat.tasks.mlm import DEFAULT_CACHE_DIR, IGNORE_INDEX, mask_tokens, pack_split
+from gmat.tasks.mlm import DEFAULT_CACHE_DIR, IGNORE_INDEX, mask_tokens, masked_token_counts, pack_split
 
 __all__ = [
     "COMPRESSION_TASKS",
@@ -196,24 +195,8 @@ class CompressionTask:
             yield self.batch(split, mine[start : start + batch_size])
 
     def metric_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Return ``[loss_sum, correct, tokens, 0]`` (float64) over labels != -100.
-
-        ``logits`` is ``(B, L, V)`` with ``(B, L)`` labels, or ``(N, V)`` with ``(N,)`` labels.
-        """
-        if logits.dim() == 3:
-            sel = labels != IGNORE_INDEX
-            logits, labels = logits[sel], labels[sel]
-        logits = logits.float()
-        loss = F.cross_entropy(logits, labels, reduction="sum") if labels.numel() else logits.new_zeros(())
-        correct = (logits.argmax(-1) == labels).sum()
-        return torch.stack(
-            [
-                loss.double(),
-                correct.double(),
-                torch.tensor(float(labels.numel()), dtype=torch.float64),
-                torch.zeros((), dtype=torch.float64),
-            ]
-        ).cpu()
+        """Return ``[loss_sum, correct, tokens, 0]`` (float64) over labels != -100 (``masked_token_counts``)."""
+        return masked_token_counts(logits, labels)
 
     def compute_metrics(self, counts: torch.Tensor) -> dict[str, float]:
         """``{"accuracy", "loss", "perplexity", "tokens"}`` from summed ``metric_counts``."""
@@ -252,6 +235,7 @@ def build_compression_model(model_settings: Any, task: CompressionTask) -> torch
         attn_backend=s.attn_backend,
         initializer_range=getattr(s, "initializer_range", 0.02),
         pad_token_id=task.special.pad,
+        sparse_prediction=True,  # the vocabulary head scores only the labelled positions
     )
     if task.spec.name == "compressed_context" and task.spec.context_mode == "full":
         return GmatForMaskedLM(GmatConfig(num_hidden_layers=s.num_hidden_layers, **common))

@@ -1,0 +1,172 @@
+"""Run the MLM comparison of docs/results-mlm.md and write docs/results/mlm.json, the table and the plot.
+
+Every run is exactly ``gmat train configs/mlm/<name>.yaml`` followed by
+
+    gmat eval mlm --model runs/mlm/<name>/best --data ../shared/data/corpus/valid.jsonl --length L
+        --max-examples N --split-chunk-size C      (and once more with test.jsonl)
+
+with N = 65,536 / L examples (the same 64 k tokens at every L) and C the chunk size of the L's chunked runs,
+so every model of one L is scored on the same masked tokens. This script runs them in-process on
+``--workers`` processes (1 thread each) and aggregates. Finished runs are skipped, so it can be re-run.
+
+    python scripts/mlm_experiment.py --workers 2
+    python scripts/mlm_experiment.py --aggregate-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "mlm"
+CORPUS = REPO.parent / "shared" / "data" / "corpus"
+# in running order: the main comparison first, the long runs spread over the workers
+RUNS = (
+    "scratch-L1024-C128-m0",
+    "scratch-L1024-C128-m16",
+    "scratch-L1024-dense-m0",
+    "scratch-L1024-C128-m64",
+    "scratch-L4096-C256-m0",
+    "scratch-L4096-C256-m16",
+    "scratch-L1024-window64-m16",
+)
+EVAL_TOKENS = 65_536
+
+
+def _run(name: str) -> dict:
+    try:
+        return _run_one(name)
+    except Exception as err:  # one broken run must not stop the others; it is reported instead
+        return {"setting": name, "error": repr(err)}
+
+
+def _evaluate(run_dir: Path, config, split: str) -> dict:
+    from gmat.tasks.mlm import evaluate_mlm
+
+    path = run_dir / f"eval-{split}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    data = config.task.eval_data if split == "valid" else config.task.test_data
+    length = config.task.seq_len
+    result = evaluate_mlm(
+        run_dir / "best",
+        data,
+        length=length,
+        max_examples=EVAL_TOKENS // length,
+        split_chunk_size=config.task.split_chunk_size,
+        cache_dir=config.task.cache_dir,
+        batch_size=4,
+    )
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _run_one(name: str) -> dict:
+    import torch
+
+    from gmat.training.config import load_config
+    from gmat.training.loop import train
+
+    torch.set_num_threads(1)
+    config = load_config(CONFIGS / f"{name}.yaml", [f"run_dir={REPO / 'runs' / 'mlm' / name}", "train.progress=false"])
+    run_dir = Path(config.run_dir)
+    results_path = run_dir / "results.json"
+    finished = results_path.is_file() and json.loads(results_path.read_text()).get("finished")
+    results = json.loads(results_path.read_text()) if finished else train(config, resume=True)
+    valid = _evaluate(run_dir, config, "valid")
+    test = _evaluate(run_dir, config, "test")
+    m, t = config.model, config.train
+    pattern = {"chunked": f"chunked C={m.chunk_size}", "window": f"window w={m.attention_window}"}
+    return {
+        "setting": name,
+        "num_memory": m.num_memory_tokens,
+        "pattern": pattern.get(m.attention_pattern, m.attention_pattern),
+        "length": config.task.seq_len,
+        "metrics": {"valid": valid["metrics"], "test": test["metrics"]},
+        "eval_examples": valid["num_examples"],
+        "split_chunk_size": valid["split_chunk_size"],
+        "best_step": results["best"]["step"],
+        "train_seconds": results["train_seconds"],
+        "num_parameters": results["num_parameters"],
+        "budget": (
+            f"from scratch, d={m.hidden_size}, {m.num_hidden_layers} layers; {t.steps} steps x {t.batch_size} x "
+            f"{config.task.seq_len} tokens, lr {t.lr:g}; 1 CPU thread (2-core AMD EPYC VM, 2 runs side by side), "
+            f"{results['train_seconds'] / 60:.0f} min"
+        ),
+    }
+
+
+def _curves(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({r["length"] for r in rows})
+    fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 3.8), squeeze=False)
+    for ax, length in zip(axes[0], lengths):
+        for row in (r for r in rows if r["length"] == length):
+            records = [json.loads(x) for x in (REPO / "runs" / "mlm" / row["setting"] / "metrics.jsonl").open()]
+            train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
+            evals = [(r["step"], r["mlm_loss"]) for r in records if r["split"] == "eval"]
+            label = f"{row['pattern']}, M={row['num_memory']}"
+            (line,) = ax.plot(*zip(*train), lw=0.6, alpha=0.5)
+            ax.plot(*zip(*evals), marker="o", color=line.get_color(), label=label)
+        ax.set(title=f"MLM from scratch, L={length}", xlabel="step", ylabel="loss (nats / masked token)")
+        ax.set_ylim(top=8.0)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "mlm-curves.png", dpi=110)
+    plt.close(fig)
+
+
+def _markdown(rows: list[dict]) -> str:
+    head = (
+        "| setting | pattern | M | L | split | loss | ppl | acc | outside_chunk loss / acc | "
+        "chunk_only loss / acc | masked tokens (out / only) | train time |\n" + "|---" * 12 + "|\n"
+    )
+    lines = []
+    for r in rows:
+        for split in ("valid", "test"):
+            g = r["metrics"][split]
+            a, o, c = g["all"], g["outside_chunk"], g["chunk_only"]
+            lines.append(
+                f"| {r['setting']} | {r['pattern']} | {r['num_memory']} | {r['length']} | {split} | "
+                f"{a['loss']:.3f} | {a['perplexity']:.0f} | {a['accuracy']:.2%} | "
+                f"{o['loss']:.3f} / {o['accuracy']:.2%} | {c['loss']:.3f} / {c['accuracy']:.2%} | "
+                f"{o['tokens']} / {c['tokens']} | {r['train_seconds'] / 60:.0f} min |"
+            )
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Run (or collect) the runs, then write the JSON rows, the markdown table and the curves."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default=str(REPO / "docs" / "results"))
+    parser.add_argument("--aggregate-only", action="store_true", help="only collect finished runs")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    if not args.aggregate_only:
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            for row in pool.imap_unordered(_run, args.runs):
+                done = row.get("error") or f"valid loss {row['metrics']['valid']['all']['loss']:.3f}"
+                print(f"[{time.perf_counter() - t0:6.0f}s] {row['setting']}: {done}", flush=True)
+    finished = [n for n in RUNS if (REPO / "runs" / "mlm" / n / "eval-test.json").is_file()]
+    rows = [r for r in map(_run, finished) if "error" not in r]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mlm.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "mlm-table.md").write_text(_markdown(rows))
+    if rows:
+        _curves(rows, out)
+    print(_markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
