@@ -226,6 +226,23 @@ def test_reconstruction_task_batches_and_metrics(tmp_path):
     assert len(list(task.iter_eval(2))) == 2
 
 
+def test_reconstruction_train_label_fraction(tmp_path):
+    """Training examples keep about the given fraction of labels, the same ones every time; eval keeps all."""
+    data = corpus(tmp_path / "c.jsonl")
+    common = dict(train_data=data, eval_data=data, test_data=data, cache_dir=str(tmp_path / "cache"), seq_len=32)
+    task = CompressionTask(CompressionTaskSpec(train_label_fraction=0.25, **common), progress=False)
+    full = CompressionTask(CompressionTaskSpec(**common), progress=False)
+    labels = task.batch("train", range(8))["labels"]
+    reference = full.batch("train", range(8))["labels"]
+    kept = labels != IGNORE_INDEX
+    assert torch.equal(labels[kept], reference[kept])
+    assert 0.1 < kept.float().mean() < 0.4
+    assert torch.equal(task.batch("train", range(8))["labels"], labels)
+    assert torch.equal(task.batch("eval", [0, 1])["labels"], full.batch("eval", [0, 1])["labels"])
+    with pytest.raises(ValueError, match="train_label_fraction"):
+        CompressionTaskSpec(train_label_fraction=0.0)
+
+
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*/*.yaml"))
 
 

@@ -59,6 +59,8 @@ class CompressionTaskSpec:
         mlm_probability: masking rate of segment B.
         seed: seed of example order and masking.
         eval_size: number of evaluation examples (evenly spaced; 0 = all).
+        train_label_fraction: reconstruction only: each training example labels a random fraction of its
+            positions (seeded by example), to save LM-head time; evaluation always scores every position.
     """
 
     name: str = "reconstruction"
@@ -74,6 +76,7 @@ class CompressionTaskSpec:
     mlm_probability: float = 0.15
     seed: int = 0
     eval_size: int = 128
+    train_label_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.name not in COMPRESSION_TASKS:
@@ -89,6 +92,8 @@ class CompressionTaskSpec:
                 f"task.mlm_probability must be in (0, 1) and task.eval_size >= 0, got "
                 f"{self.mlm_probability}, {self.eval_size}"
             )
+        if not 0.0 < self.train_label_fraction <= 1.0:
+            raise ValueError(f"task.train_label_fraction must be in (0, 1], got {self.train_label_fraction}")
 
 
 def token_metrics(counts: torch.Tensor) -> dict[str, float]:
@@ -164,6 +169,10 @@ class CompressionTask:
             ids = torch.from_numpy(windows)
             labels = ids.clone()
             labels[:, 0] = IGNORE_INDEX  # [CLS]
+            if split == "train" and s.train_label_fraction < 1.0:
+                for row, i in zip(labels, indices):
+                    rng = np.random.default_rng([s.seed, _SPLIT_IDS[split], int(i)])
+                    row[torch.from_numpy(rng.random(row.shape[0]) >= s.train_label_fraction)] = IGNORE_INDEX
             return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
         context, segment = windows[:, : s.context_len], windows[:, s.context_len :]
         inputs, labels = [], []
