@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from gmat.data.corpus import PackedExamples, WordPieceTokenizer
-from gmat.tasks.mlm import DEFAULT_CACHE_DIR, IGNORE_INDEX, mask_tokens, masked_token_counts, pack_split
+from gmat.tasks.mlm import IGNORE_INDEX, CorpusSettings, mask_tokens, masked_token_counts, pack_split
 
 __all__ = [
     "COMPRESSION_TASKS",
@@ -44,15 +44,11 @@ _SPLIT_IDS = {"train": 0, "eval": 1, "test": 2}
 
 
 @dataclass(frozen=True)
-class CompressionTaskSpec:
-    """Settings of a compression run (the ``task:`` section of a run config).
+class CompressionTaskSpec(CorpusSettings):
+    """Settings of a compression run (the ``task:`` section of a run config): ``CorpusSettings`` plus the below.
 
     Attributes:
         name: ``"reconstruction"`` or ``"compressed_context"``.
-        train_data, eval_data, test_data: corpus sources (see ``gmat.data.read_documents``).
-        text_field: JSON key / dataset column of the text.
-        tokenizer: folder with ``tokenizer.json``; empty = MiniLM's.
-        cache_dir: folder of token caches.
         seq_len: L of reconstruction, or the length of segment B.
         context_len: length of segment A (``compressed_context`` only).
         context_mode: ``"compressed"``, ``"none"`` or ``"full"`` (``compressed_context`` only).
@@ -64,12 +60,6 @@ class CompressionTaskSpec:
     """
 
     name: str = "reconstruction"
-    train_data: str = "../shared/data/corpus/train.jsonl"
-    eval_data: str = "../shared/data/corpus/valid.jsonl"
-    test_data: str = "../shared/data/corpus/test.jsonl"
-    text_field: str = "text"
-    tokenizer: str = ""
-    cache_dir: str = DEFAULT_CACHE_DIR
     seq_len: int = 512
     context_len: int = 2048
     context_mode: str = "compressed"

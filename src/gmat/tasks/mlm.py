@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from gmat.data.corpus import PackedExamples, SpecialTokens, TokenCache, WordPieceTokenizer, build_token_cache
 
 __all__ = [
+    "CorpusSettings",
     "GROUPS",
     "IGNORE_INDEX",
     "MLMMetrics",
@@ -240,17 +241,34 @@ def pack_split(spec: Any, split: str, tokenizer: WordPieceTokenizer, window: int
 
 
 @dataclass(frozen=True)
-class MLMTaskSpec:
-    """Settings of an MLM run (the ``task:`` section of a run config).
+class CorpusSettings:
+    """Where the text of a corpus task comes from; the shared head of ``MLMTaskSpec`` and ``CompressionTaskSpec``.
 
     Attributes:
-        name: ``"mlm"``.
+        name: the task name.
         train_data: training corpus source (``.jsonl``/``.txt`` file, folder, ``hf:NAME[:CONFIG][@SPLIT]``).
         eval_data: validation corpus source.
         test_data: test corpus source (evaluated once, at the end).
         text_field: JSON key / dataset column of the text.
         tokenizer: folder with ``tokenizer.json``; empty = MiniLM's WordPiece tokenizer.
         cache_dir: folder of token caches.
+    """
+
+    name: str = ""
+    train_data: str = "../shared/data/corpus/train.jsonl"
+    eval_data: str = "../shared/data/corpus/valid.jsonl"
+    test_data: str = "../shared/data/corpus/test.jsonl"
+    text_field: str = "text"
+    tokenizer: str = ""
+    cache_dir: str = DEFAULT_CACHE_DIR
+
+
+@dataclass(frozen=True)
+class MLMTaskSpec(CorpusSettings):
+    """Settings of an MLM run (the ``task:`` section of a run config): ``CorpusSettings`` plus the below.
+
+    Attributes:
+        name: ``"mlm"``.
         seq_len: L.
         mlm_probability: selection probability of a token (0.15).
         split_chunk_size: C of the outside-chunk split (use the chunk size of the chunked runs).
@@ -261,12 +279,6 @@ class MLMTaskSpec:
     """
 
     name: str = "mlm"
-    train_data: str = "../shared/data/corpus/train.jsonl"
-    eval_data: str = "../shared/data/corpus/valid.jsonl"
-    test_data: str = "../shared/data/corpus/test.jsonl"
-    text_field: str = "text"
-    tokenizer: str = ""
-    cache_dir: str = DEFAULT_CACHE_DIR
     seq_len: int = 1024
     mlm_probability: float = 0.15
     split_chunk_size: int = 128
