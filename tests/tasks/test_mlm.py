@@ -268,6 +268,28 @@ def test_one_training_step_through_the_task(task):
     assert model.gmat.embeddings.memory_embeddings.grad.abs().sum() > 0
 
 
+def test_training_loop_eval_with_sparse_prediction_matches_full_logits(task):
+    """The loop's evaluation (the head on masked rows only) equals scoring the full (B, L, V) logits."""
+    from gmat.tasks.mlm import masked_token_counts
+    from gmat.training.loop import evaluate_model
+
+    model, _ = tiny_model(task)
+    assert model.config.sparse_prediction
+    metrics = evaluate_model(model, task, batch_size=2)
+    counts = torch.zeros(4, dtype=torch.float64)
+    model.config.sparse_prediction = False
+    with torch.no_grad():
+        for batch in task.iter_eval(2):
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, L, V)
+            assert logits.dim() == 3
+            counts += masked_token_counts(logits, batch["labels"])
+    expected = task.compute_metrics(counts)
+    assert metrics["mlm_loss"] == pytest.approx(expected["mlm_loss"], rel=1e-5)
+    assert metrics["accuracy"] == expected["accuracy"]
+    with pytest.raises(ValueError, match="rows for"):
+        masked_token_counts(torch.zeros(3, 5), torch.tensor([[1, -100], [2, -100]]))
+
+
 def test_tokenizer_special_ids_are_bert_s():
     tok = WordPieceTokenizer()
     assert tok.special == SPECIAL and tok.vocab_size == 30522
