@@ -12,11 +12,10 @@ about 80 s a step on this CPU, a GPU run.
 
 from __future__ import annotations
 
-import argparse
 import json
-import multiprocessing as mp
-import time
 from pathlib import Path
+
+from experiment_runs import collect, parser, run_all, train_or_reuse
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "compression"
@@ -31,26 +30,11 @@ RUNS = (
 GPU_RUNS = ("context-A2048-B512-full",)
 
 
-def _run(name: str) -> dict:
-    try:
-        return _run_one(name)
-    except Exception as err:  # one broken run must not stop the others; it is reported instead
-        return {"setting": name, "error": repr(err)}
-
-
 def _run_one(name: str) -> dict:
-    import torch
-
-    from gmat.training.config import load_config
     from gmat.training.evaluate import evaluate_run
-    from gmat.training.loop import train
 
-    torch.set_num_threads(1)
     run_dir = REPO / "runs" / "compression" / name
-    config = load_config(CONFIGS / f"{name}.yaml", [f"run_dir={run_dir}", "train.progress=false"])
-    results_path = run_dir / "results.json"
-    finished = results_path.is_file() and json.loads(results_path.read_text()).get("finished")
-    results = json.loads(results_path.read_text()) if finished else train(config, resume=True)
+    config, results = train_or_reuse(CONFIGS / f"{name}.yaml", run_dir)
     metrics = {}
     for split in ("eval", "test"):
         path = run_dir / f"eval-{split}.json"
@@ -124,20 +108,11 @@ def _markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     """Run (or collect) the runs, then write the JSON rows, the markdown table and the plot."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS + GPU_RUNS)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", default=str(REPO / "docs" / "results"))
-    parser.add_argument("--aggregate-only", action="store_true", help="only collect finished runs")
-    args = parser.parse_args()
-    t0 = time.perf_counter()
+    args = parser(__doc__.splitlines()[0], RUNS, RUNS + GPU_RUNS, 1, REPO / "docs" / "results").parse_args()
     if not args.aggregate_only:
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            for row in pool.imap_unordered(_run, args.runs):
-                done = row.get("error") or f"test loss {row['metrics']['test']['loss']:.3f}"
-                print(f"[{time.perf_counter() - t0:6.0f}s] {row['setting']}: {done}", flush=True)
+        run_all(_run_one, args.runs, args.workers, lambda r: f"test loss {r['metrics']['test']['loss']:.3f}")
     names = [n for n in RUNS + GPU_RUNS if (REPO / "runs" / "compression" / n / "eval-test.json").is_file()]
-    rows = [r for r in map(_run, names) if "error" not in r]
+    rows = collect(_run_one, names)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compression.json").write_text(json.dumps(rows, indent=1) + "\n")

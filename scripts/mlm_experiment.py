@@ -15,11 +15,10 @@ so every model of one L is scored on the same masked tokens. This script runs th
 
 from __future__ import annotations
 
-import argparse
 import json
-import multiprocessing as mp
-import time
 from pathlib import Path
+
+from experiment_runs import collect, parser, run_all, train_or_reuse
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "mlm"
@@ -35,13 +34,6 @@ RUNS = (
     "scratch-L1024-window64-m16",
 )
 EVAL_TOKENS = 65_536
-
-
-def _run(name: str) -> dict:
-    try:
-        return _run_one(name)
-    except Exception as err:  # one broken run must not stop the others; it is reported instead
-        return {"setting": name, "error": repr(err)}
 
 
 def _evaluate(run_dir: Path, config, split: str) -> dict:
@@ -66,17 +58,8 @@ def _evaluate(run_dir: Path, config, split: str) -> dict:
 
 
 def _run_one(name: str) -> dict:
-    import torch
-
-    from gmat.training.config import load_config
-    from gmat.training.loop import train
-
-    torch.set_num_threads(1)
-    config = load_config(CONFIGS / f"{name}.yaml", [f"run_dir={REPO / 'runs' / 'mlm' / name}", "train.progress=false"])
+    config, results = train_or_reuse(CONFIGS / f"{name}.yaml", REPO / "runs" / "mlm" / name)
     run_dir = Path(config.run_dir)
-    results_path = run_dir / "results.json"
-    finished = results_path.is_file() and json.loads(results_path.read_text()).get("finished")
-    results = json.loads(results_path.read_text()) if finished else train(config, resume=True)
     valid = _evaluate(run_dir, config, "valid")
     test = _evaluate(run_dir, config, "test")
     m, t = config.model, config.train
@@ -145,20 +128,10 @@ def _markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     """Run (or collect) the runs, then write the JSON rows, the markdown table and the curves."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", default=str(REPO / "docs" / "results"))
-    parser.add_argument("--aggregate-only", action="store_true", help="only collect finished runs")
-    args = parser.parse_args()
-    t0 = time.perf_counter()
+    args = parser(__doc__.splitlines()[0], RUNS, RUNS, 2, REPO / "docs" / "results").parse_args()
     if not args.aggregate_only:
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            for row in pool.imap_unordered(_run, args.runs):
-                done = row.get("error") or f"valid loss {row['metrics']['valid']['all']['loss']:.3f}"
-                print(f"[{time.perf_counter() - t0:6.0f}s] {row['setting']}: {done}", flush=True)
-    finished = [n for n in RUNS if (REPO / "runs" / "mlm" / n / "eval-test.json").is_file()]
-    rows = [r for r in map(_run, finished) if "error" not in r]
+        run_all(_run_one, args.runs, args.workers, lambda r: f"valid loss {r['metrics']['valid']['all']['loss']:.3f}")
+    rows = collect(_run_one, [n for n in RUNS if (REPO / "runs" / "mlm" / n / "eval-test.json").is_file()])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "mlm.json").write_text(json.dumps(rows, indent=1) + "\n")
