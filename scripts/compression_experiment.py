@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiment_runs import collect, parser, run_all, train_or_reuse
+from experiment_runs import collect, parser, run_all, train_or_reuse, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "compression"
@@ -113,14 +113,7 @@ def main() -> None:
         run_all(_run_one, args.runs, args.workers, lambda r: f"test loss {r['metrics']['test']['loss']:.3f}")
     names = [n for n in RUNS + GPU_RUNS if (REPO / "runs" / "compression" / n / "eval-test.json").is_file()]
     rows = collect(_run_one, names)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compression.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (out / "compression-table.md").write_text(_markdown(rows))
-    if rows:
-        _plot(rows, out)
-    print(_markdown(rows))
-
+    write_results(args.out, "compression", rows, _markdown, _plot)
 
 if __name__ == "__main__":
     main()

@@ -66,3 +66,16 @@ def collect(run_one: Callable[[str], dict], names: list[str]) -> list[dict]:
         if "error" in row:
             print(f"{row['setting']}: {row['error']}")
     return [r for r in rows if "error" not in r]
+
+
+def write_results(
+    out: str | Path, stem: str, rows: list[dict], markdown: Callable[[list[dict]], str], plot: Callable
+) -> None:
+    """Write ``OUT/STEM.json`` (the rows), ``OUT/STEM-table.md`` and the plot (``plot(rows, out)``); print the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / f"{stem}-table.md").write_text(markdown(rows))
+    if rows:
+        plot(rows, out)
+    print(markdown(rows))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiment_runs import collect, parser, run_all, train_or_reuse
+from experiment_runs import collect, parser, run_all, train_or_reuse, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "mlm"
@@ -132,14 +132,7 @@ def main() -> None:
     if not args.aggregate_only:
         run_all(_run_one, args.runs, args.workers, lambda r: f"valid loss {r['metrics']['valid']['all']['loss']:.3f}")
     rows = collect(_run_one, [n for n in RUNS if (REPO / "runs" / "mlm" / n / "eval-test.json").is_file()])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "mlm.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (out / "mlm-table.md").write_text(_markdown(rows))
-    if rows:
-        _curves(rows, out)
-    print(_markdown(rows))
-
+    write_results(args.out, "mlm", rows, _markdown, _curves)
 
 if __name__ == "__main__":
     main()
