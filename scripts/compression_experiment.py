@@ -118,5 +118,6 @@ def main() -> None:
     rows = collect(_run_one, names)
     write_results(args.out, "compression", rows, _markdown, _plot)
 
+
 if __name__ == "__main__":
     main()

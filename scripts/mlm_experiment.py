@@ -34,6 +34,8 @@ RUNS = (
     "scratch-L1024-window64-m16",
 )
 EVAL_TOKENS = 65_536
+RUNS_DIR = REPO / "runs" / "mlm"
+BASELINE = {1024: "scratch-L1024-C128-m0", 4096: "scratch-L4096-C256-m0"}  # what the other runs are paired with
 
 
 def _evaluate(run_dir: Path, config, split: str) -> dict:
@@ -52,13 +54,44 @@ def _evaluate(run_dir: Path, config, split: str) -> dict:
         split_chunk_size=config.task.split_chunk_size,
         cache_dir=config.task.cache_dir,
         batch_size=4,
+        per_example=True,
     )
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
+def _paired_difference(a: dict, b: dict, group: str) -> dict:
+    """Mean over examples of (loss of a - loss of b) per masked token of ``group``, with 2 standard errors.
+
+    ``a`` and ``b`` are ``evaluate_mlm(..., per_example=True)`` results on the same examples and masks.
+    """
+    import statistics
+
+    diffs = []
+    for i, counts in a["per_example"].items():
+        tokens = counts[group][2]
+        if tokens:
+            diffs.append((counts[group][0] - b["per_example"][i][group][0]) / tokens)
+    two_se = 2 * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return {"mean": statistics.fmean(diffs), "two_se": two_se, "examples": len(diffs)}
+
+
+def _add_paired_differences(rows: list[dict]) -> None:
+    """Give every row ``vs_chunked_m0``: its paired loss difference to the chunked M=0 run of its length."""
+    for row in rows:
+        base = BASELINE[row["length"]]
+        if row["setting"] == base or not (RUNS_DIR / base / "eval-test.json").is_file():
+            continue
+        row["vs_chunked_m0"] = {}
+        for split in ("valid", "test"):
+            mine, theirs = (
+                json.loads((RUNS_DIR / name / f"eval-{split}.json").read_text()) for name in (row["setting"], base)
+            )
+            row["vs_chunked_m0"][split] = {g: _paired_difference(mine, theirs, g) for g in ("all", "outside_chunk")}
+
+
 def _run_one(name: str) -> dict:
-    config, results = train_or_reuse(CONFIGS / f"{name}.yaml", REPO / "runs" / "mlm" / name)
+    config, results = train_or_reuse(CONFIGS / f"{name}.yaml", RUNS_DIR / name)
     run_dir = Path(config.run_dir)
     valid = _evaluate(run_dir, config, "valid")
     test = _evaluate(run_dir, config, "test")
@@ -93,7 +126,7 @@ def _curves(rows: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 3.8), squeeze=False)
     for ax, length in zip(axes[0], lengths):
         for row in (r for r in rows if r["length"] == length):
-            records = [json.loads(x) for x in (REPO / "runs" / "mlm" / row["setting"] / "metrics.jsonl").open()]
+            records = [json.loads(x) for x in (RUNS_DIR / row["setting"] / "metrics.jsonl").open()]
             train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
             evals = [(r["step"], r["mlm_loss"]) for r in records if r["split"] == "eval"]
             label = f"{row['pattern']}, M={row['num_memory']}"
@@ -109,9 +142,15 @@ def _curves(rows: list[dict], out: Path) -> None:
 
 def _markdown(rows: list[dict]) -> str:
     head = (
-        "| setting | pattern | M | L | split | loss | ppl | acc | outside_chunk loss / acc | "
-        "chunk_only loss / acc | masked tokens (out / only) | train time |\n" + "|---" * 12 + "|\n"
+        "| setting | pattern | M | L | split | loss | ppl | acc | Δ loss vs chunked M=0 (± 2 SE) | "
+        "outside_chunk loss / acc | Δ outside_chunk | chunk_only loss / acc | masked tokens (out / only) | "
+        "train time |\n" + "|---" * 14 + "|\n"
     )
+
+    def delta(r: dict, split: str, group: str) -> str:
+        d = r.get("vs_chunked_m0", {}).get(split, {}).get(group)
+        return "–" if d is None else f"{d['mean']:+.3f} ± {d['two_se']:.3f}"
+
     lines = []
     for r in rows:
         for split in ("valid", "test"):
@@ -119,9 +158,10 @@ def _markdown(rows: list[dict]) -> str:
             a, o, c = g["all"], g["outside_chunk"], g["chunk_only"]
             lines.append(
                 f"| {r['setting']} | {r['pattern']} | {r['num_memory']} | {r['length']} | {split} | "
-                f"{a['loss']:.3f} | {a['perplexity']:.0f} | {a['accuracy']:.2%} | "
-                f"{o['loss']:.3f} / {o['accuracy']:.2%} | {c['loss']:.3f} / {c['accuracy']:.2%} | "
-                f"{o['tokens']} / {c['tokens']} | {r['train_seconds'] / 60:.0f} min |"
+                f"{a['loss']:.3f} | {a['perplexity']:.0f} | {a['accuracy']:.2%} | {delta(r, split, 'all')} | "
+                f"{o['loss']:.3f} / {o['accuracy']:.2%} | {delta(r, split, 'outside_chunk')} | "
+                f"{c['loss']:.3f} / {c['accuracy']:.2%} | {o['tokens']} / {c['tokens']} | "
+                f"{r['train_seconds'] / 60:.0f} min |"
             )
     return head + "\n".join(lines) + "\n"
 
@@ -131,8 +171,10 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0], RUNS, RUNS, 2, REPO / "docs" / "results").parse_args()
     if not args.aggregate_only:
         run_all(_run_one, args.runs, args.workers, lambda r: f"valid loss {r['metrics']['valid']['all']['loss']:.3f}")
-    rows = collect(_run_one, [n for n in RUNS if (REPO / "runs" / "mlm" / n / "eval-test.json").is_file()])
+    rows = collect(_run_one, [n for n in RUNS if (RUNS_DIR / n / "eval-test.json").is_file()])
+    _add_paired_differences(rows)
     write_results(args.out, "mlm", rows, _markdown, _curves)
+
 
 if __name__ == "__main__":
     main()

@@ -204,6 +204,15 @@ def test_evaluate_mlm_saved_model_and_cli(task, tmp_path, capsys):
     assert result["split_chunk_size"] == 8 and result["length"] == 32 and result["num_examples"] > 0
     assert m["all"]["tokens"] == m["outside_chunk"]["tokens"] + m["chunk_only"]["tokens"] > 0
     assert m["all"]["perplexity"] == pytest.approx(np.exp(m["all"]["loss"]))
+    # per-example counts (for paired model comparisons) add up to the totals, group by group
+    paired = evaluate_mlm(
+        tmp_path / "model", data, length=32, batch_size=3, cache_dir=tmp_path / "cache", per_example=True
+    )
+    assert len(paired["per_example"]) == result["num_examples"]
+    for group in ("all", "outside_chunk", "chunk_only"):
+        loss_sum, _, tokens = np.sum([e[group] for e in paired["per_example"].values()], axis=0)
+        assert tokens == m[group]["tokens"]
+        assert loss_sum / max(tokens, 1) == pytest.approx(m[group]["loss"], rel=1e-6, nan_ok=True)
     # the same seed scores the same tokens; the model instance path gives the same numbers
     again = evaluate_mlm(model, data, length=32, batch_size=3, cache_dir=tmp_path / "cache")
     assert again["metrics"]["all"]["loss"] == pytest.approx(m["all"]["loss"], rel=1e-5)

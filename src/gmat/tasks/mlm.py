@@ -148,20 +148,38 @@ class MLMMetrics:
 
     def __init__(self) -> None:
         self.counts = torch.zeros(len(GROUPS), 3, dtype=torch.float64)  # [loss_sum, correct, tokens]
+        self.per_example: dict[int, torch.Tensor] = {}  # example index -> its own (groups, 3) counts
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor, outside: torch.Tensor) -> None:
+    def update(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        outside: torch.Tensor,
+        examples: torch.Tensor | None = None,
+    ) -> None:
         """Add masked tokens.
 
         Args:
             logits: ``(N, V)`` logits of N masked tokens.
             targets: ``(N,)`` original ids.
             outside: ``(N,)`` bool, the ``outside_chunk_flags`` of those tokens.
+            examples: ``(N,)`` the example index of each token, to also keep per-example counts (for paired
+                comparisons of two models on the same examples).
         """
         loss = F.cross_entropy(logits.float(), targets, reduction="none").double().cpu()  # (N,)
         correct = (logits.argmax(-1) == targets).double().cpu()
         outside = outside.cpu()
-        for g, sel in enumerate((torch.ones_like(outside), outside, ~outside)):
-            self.counts[g] += torch.stack([loss[sel].sum(), correct[sel].sum(), sel.sum().double()])
+
+        def tally(keep: torch.Tensor) -> torch.Tensor:  # (groups, 3) over the tokens where keep is True
+            groups = (keep, keep & outside, keep & ~outside)
+            return torch.stack([torch.stack([loss[g].sum(), correct[g].sum(), g.sum().double()]) for g in groups])
+
+        self.counts += tally(torch.ones_like(outside))
+        if examples is not None:
+            examples = examples.cpu()
+            for e in examples.unique().tolist():
+                mine = self.per_example.setdefault(int(e), torch.zeros(len(GROUPS), 3, dtype=torch.float64))
+                mine += tally(examples == e)
 
     def compute(self) -> dict[str, dict[str, float]]:
         """``{group: {"loss", "perplexity", "accuracy", "tokens"}}`` (loss = mean nats per masked token)."""
@@ -473,6 +491,7 @@ def evaluate_mlm(
     tokenizer: str | None = None,
     device: str = "cpu",
     progress: bool = False,
+    per_example: bool = False,
 ) -> dict[str, Any]:
     """Masked-LM loss, perplexity and accuracy of a saved model on a corpus, overall and by chunk locality.
 
@@ -492,10 +511,11 @@ def evaluate_mlm(
         tokenizer: tokenizer folder; default the model folder when it has ``tokenizer.json``, else MiniLM's.
         device: ``"cpu"`` or ``"cuda"``.
         progress: show progress bars.
+        per_example: also return ``"per_example"``: ``{example index: {group: [loss_sum, correct, tokens]}}``.
 
     Returns:
         ``{"model", "data", "length", "split_chunk_size", "num_examples", "metrics": {group: {...}}}`` with
-        groups ``"all"``, ``"outside_chunk"``, ``"chunk_only"``.
+        groups ``"all"``, ``"outside_chunk"``, ``"chunk_only"`` (and ``"per_example"`` when asked).
 
     Raises:
         FileNotFoundError: if ``model`` is not a saved model folder.
@@ -542,7 +562,8 @@ def evaluate_mlm(
         batches = tqdm(batches, desc="eval mlm", unit="batch")
     for start in batches:
         inputs, labels = [], []
-        for i in indices[start : start + batch_size]:
+        batch_indices = indices[start : start + batch_size]
+        for i in batch_indices:
             x, y = mask_tokens(
                 packed[int(i)],
                 np.random.default_rng([seed, int(i)]),
@@ -557,8 +578,9 @@ def evaluate_mlm(
         select = label_t != IGNORE_INDEX
         outside = outside_chunk_flags(input_ids, label_t, chunk)
         logits = masked_lm_logits(net, input_ids, torch.ones_like(input_ids), select)
-        metrics.update(logits, label_t[select], outside[select])
-    return {
+        rows = torch.from_numpy(np.asarray(batch_indices, dtype=np.int64))[:, None].expand_as(select)  # (B, L)
+        metrics.update(logits, label_t[select], outside[select], rows[select] if per_example else None)
+    result = {
         "model": str(model_path) if model_path else type(net).__name__,
         "data": str(cache.meta["source"].get("source")),
         "length": length,
@@ -567,6 +589,11 @@ def evaluate_mlm(
         "seed": seed,
         "metrics": metrics.compute(),
     }
+    if per_example:
+        result["per_example"] = {
+            i: {g: c[k].tolist() for k, g in enumerate(GROUPS)} for i, c in sorted(metrics.per_example.items())
+        }
+    return result
 
 
 def add_mlm_eval_arguments(parser: argparse.ArgumentParser) -> None:
