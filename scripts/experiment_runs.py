@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 
-def train_or_reuse(config_path: Path, run_dir: Path) -> tuple[Any, dict]:
+def train_or_reuse(config_path: Path, run_dir: Path, seed: int = 0) -> tuple[Any, dict]:
     """``gmat train CONFIG --set run_dir=RUN_DIR`` on one thread, unless RUN_DIR holds a finished run.
 
-    An unfinished run resumes from its last checkpoint. Returns ``(config, results.json)``.
+    ``seed`` > 0 adds ``train.seed=S task.seed=S`` (another initialisation, data order and masking). An
+    unfinished run resumes from its last checkpoint. Returns ``(config, results.json)``.
     """
     import torch
 
@@ -26,7 +27,8 @@ def train_or_reuse(config_path: Path, run_dir: Path) -> tuple[Any, dict]:
     from gmat.training.loop import train
 
     torch.set_num_threads(1)
-    config = load_config(config_path, [f"run_dir={run_dir}", "train.progress=false"])
+    seeds = [f"train.seed={seed}", f"task.seed={seed}"] if seed else []
+    config = load_config(config_path, [f"run_dir={run_dir}", "train.progress=false", *seeds])
     results_path = run_dir / "results.json"
     if results_path.is_file() and json.loads(results_path.read_text()).get("finished"):
         return config, json.loads(results_path.read_text())

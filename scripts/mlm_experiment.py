@@ -32,6 +32,7 @@ RUNS = (
     "scratch-L4096-C256-m0",
     "scratch-L4096-C256-m16",
     "scratch-L1024-window64-m16",
+    "scratch-L1024-C128-m0-seed1",  # how far apart two seeds of one model land: the yardstick for the others
 )
 EVAL_TOKENS = 65_536
 RUNS_DIR = REPO / "runs" / "mlm"
@@ -91,7 +92,8 @@ def _add_paired_differences(rows: list[dict]) -> None:
 
 
 def _run_one(name: str) -> dict:
-    config, results = train_or_reuse(CONFIGS / f"{name}.yaml", RUNS_DIR / name)
+    base, _, seed = name.partition("-seed")  # "<config>-seed<S>": the same run with seed S
+    config, results = train_or_reuse(CONFIGS / f"{base}.yaml", RUNS_DIR / name, int(seed or 0))
     run_dir = Path(config.run_dir)
     valid = _evaluate(run_dir, config, "valid")
     test = _evaluate(run_dir, config, "test")
