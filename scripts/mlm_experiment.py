@@ -2,8 +2,8 @@
 
 Every run is exactly ``gmat train configs/mlm/<name>.yaml`` followed by
 
-    gmat eval mlm --model runs/mlm/<name>/best --data ../shared/data/corpus/valid.jsonl --length L
-        --max-examples N --split-chunk-size C      (and once more with test.jsonl)
+    gmat eval mlm --model runs/mlm/<name>/checkpoints/step_00001000 --data ../shared/data/corpus/valid.jsonl
+        --length L --max-examples N --split-chunk-size C      (and once more with test.jsonl)
 
 with N = 65,536 / L examples (the same 64 k tokens at every L) and C the chunk size of the L's chunked runs,
 so every model of one L is scored on the same masked tokens. This script runs them in-process on
@@ -47,8 +47,12 @@ def _evaluate(run_dir: Path, config, split: str) -> dict:
         return json.loads(path.read_text())
     data = config.task.eval_data if split == "valid" else config.task.test_data
     length = config.task.seq_len
+    from gmat.training.checkpoint import latest_checkpoint
+
+    # the final weights: every model is scored after the same budget (best-accuracy selection on 32 examples
+    # picked step 750 for some runs and 1000 for others)
     result = evaluate_mlm(
-        run_dir / "best",
+        latest_checkpoint(run_dir / "checkpoints"),
         data,
         length=length,
         max_examples=EVAL_TOKENS // length,
@@ -107,7 +111,7 @@ def _run_one(name: str) -> dict:
         "metrics": {"valid": valid["metrics"], "test": test["metrics"]},
         "eval_examples": valid["num_examples"],
         "split_chunk_size": valid["split_chunk_size"],
-        "best_step": results["best"]["step"],
+        "evaluated_step": results["steps_done"],
         "train_seconds": results["train_seconds"],
         "num_parameters": results["num_parameters"],
         "budget": (
