@@ -135,7 +135,8 @@ def _curves(rows: list[dict], out: Path) -> None:
             records = [json.loads(x) for x in (RUNS_DIR / row["setting"] / "metrics.jsonl").open()]
             train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
             evals = [(r["step"], r["mlm_loss"]) for r in records if r["split"] == "eval"]
-            label = f"{row['pattern']}, M={row['num_memory']}"
+            seed = row["setting"].partition("-seed")[2]
+            label = f"{row['pattern']}, M={row['num_memory']}" + (f" (seed {seed})" if seed else "")
             (line,) = ax.plot(*zip(*train), lw=0.6, alpha=0.5)
             ax.plot(*zip(*evals), marker="o", color=line.get_color(), label=label)
         ax.set(title=f"MLM from scratch, L={length}", xlabel="step", ylabel="loss (nats / masked token)")
