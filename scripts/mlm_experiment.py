@@ -22,7 +22,6 @@ from experiment_runs import collect, parser, run_all, train_or_reuse, write_resu
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "mlm"
-CORPUS = REPO.parent / "shared" / "data" / "corpus"
 # in running order: the main comparison first, the long runs spread over the workers
 RUNS = (
     "scratch-L1024-C128-m0",

@@ -457,7 +457,7 @@ def build_mlm_model(model_settings: Any, task: MLMTask) -> torch.nn.Module:
         attn_backend=s.attn_backend,
         initializer_range=getattr(s, "initializer_range", 0.02),
         pad_token_id=task.special.pad,
-        sparse_prediction=True,  # training scores the masked positions only; same loss, ~5x cheaper head
+        sparse_prediction=True,  # training scores the ~15% masked rows only: the same loss, a far cheaper head
     )
     return GmatForMaskedLM(config)
 
