@@ -243,3 +243,26 @@ def test_cli_convert(minilm_path, tmp_path) -> None:
         )
         == 2
     )
+
+
+def test_packaged_checkpoint_names(minilm_path, bert_config, gmat_config, tmp_path, monkeypatch) -> None:
+    from gmat.modeling.convert import PACKAGED_CHECKPOINTS, is_bert_checkpoint, resolve_bert_checkpoint
+
+    assert resolve_bert_checkpoint("minilm") == minilm_path
+    assert resolve_bert_checkpoint(tmp_path) == tmp_path  # a directory is itself
+    bert = _write_bert_like(tmp_path, bert_config, lambda s: None)
+    GmatModel(gmat_config()).save_pretrained(tmp_path / "gmat")
+    assert is_bert_checkpoint("minilm") and is_bert_checkpoint(bert)
+    assert not is_bert_checkpoint(tmp_path / "gmat") and not is_bert_checkpoint(tmp_path / "nowhere")
+    # `gmat convert --from minilm` is the packaged checkpoint, the same as its path
+    out = tmp_path / "by-name"
+    argv = ["convert", "--from", "minilm", "--to", str(out), "--num-memory", "0", "--pattern", "dense"]
+    assert gmat_main([*argv, "--max-length", "512"]) == 0
+    by_path = convert_bert_to_gmat(minilm_path, tmp_path / "by-path", num_memory_tokens=0, attention_pattern="dense")
+    assert load_file(str(out / "model.safetensors")).keys() == load_file(
+        str(tmp_path / "by-path" / "model.safetensors")
+    ).keys()
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == by_path.hidden_size
+    monkeypatch.setitem(PACKAGED_CHECKPOINTS, "ghost", ("no_such_module_gmat", "a ghost model"))
+    with pytest.raises(ValueError, match="'ghost' is a ghost model, which is not installed"):
+        convert_bert_to_gmat("ghost", tmp_path / "o", num_memory_tokens=0, attention_pattern="dense")

