@@ -32,10 +32,17 @@ RUNS = (
     "scratch-L4096-C256-m16",
     "scratch-L1024-window64-m16",
     "scratch-L1024-C128-m0-seed1",  # how far apart two seeds of one model land: the yardstick for the others
+    "minilm-L1024-C128-m0",  # converted MiniLM (task.pretrained: minilm), fine-tuned
+    "minilm-L1024-C128-m16",
 )
 EVAL_TOKENS = 65_536
 RUNS_DIR = REPO / "runs" / "mlm"
-BASELINE = {1024: "scratch-L1024-C128-m0", 4096: "scratch-L4096-C256-m0"}  # what the other runs are paired with
+# what the other runs are paired with: the chunked M=0 run of the same start (scratch / minilm) and length
+BASELINE = {
+    ("scratch", 1024): "scratch-L1024-C128-m0",
+    ("scratch", 4096): "scratch-L4096-C256-m0",
+    ("minilm", 1024): "minilm-L1024-C128-m0",
+}
 
 
 def _evaluate(run_dir: Path, config, split: str) -> dict:
@@ -81,9 +88,9 @@ def _paired_difference(a: dict, b: dict, group: str) -> dict:
 
 
 def _add_paired_differences(rows: list[dict]) -> None:
-    """Give every row ``vs_chunked_m0``: its paired loss difference to the chunked M=0 run of its length."""
+    """Give every row ``vs_chunked_m0``: its paired loss difference to the chunked M=0 run of its length and start."""
     for row in rows:
-        base = BASELINE[row["length"]]
+        base = BASELINE[(row["setting"].split("-")[0], row["length"])]
         if row["setting"] == base or not (RUNS_DIR / base / "eval-test.json").is_file():
             continue
         row["vs_chunked_m0"] = {}
@@ -102,6 +109,11 @@ def _run_one(name: str) -> dict:
     test = _evaluate(run_dir, config, "test")
     m, t = config.model, config.train
     pattern = {"chunked": f"chunked C={m.chunk_size}", "window": f"window w={m.attention_window}"}
+    start = (
+        "converted MiniLM-L6-H384 (d=384, 6 layers, fresh MLM head)"
+        if config.task.pretrained == "minilm"
+        else f"from scratch, d={m.hidden_size}, {m.num_hidden_layers} layers"
+    )
     return {
         "setting": name,
         "num_memory": m.num_memory_tokens,
@@ -114,7 +126,7 @@ def _run_one(name: str) -> dict:
         "train_seconds": results["train_seconds"],
         "num_parameters": results["num_parameters"],
         "budget": (
-            f"from scratch, d={m.hidden_size}, {m.num_hidden_layers} layers; {t.steps} steps x {t.batch_size} x "
+            f"{start}; {t.steps} steps x {t.batch_size} x "
             f"{config.task.seq_len} tokens, lr {t.lr:g}; 1 CPU thread (2-core AMD EPYC VM, 2 runs side by side), "
             f"{results['train_seconds'] / 60:.0f} min"
         ),
@@ -127,10 +139,10 @@ def _curves(rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lengths = sorted({r["length"] for r in rows})
-    fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 3.8), squeeze=False)
-    for ax, length in zip(axes[0], lengths):
-        for row in (r for r in rows if r["length"] == length):
+    panels = sorted({(r["setting"].split("-")[0], r["length"]) for r in rows}, reverse=True)  # (start, L)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for ax, (start, length) in zip(axes[0], panels):
+        for row in (r for r in rows if (r["setting"].split("-")[0], r["length"]) == (start, length)):
             records = [json.loads(x) for x in (RUNS_DIR / row["setting"] / "metrics.jsonl").open()]
             train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
             evals = [(r["step"], r["mlm_loss"]) for r in records if r["split"] == "eval"]
@@ -138,8 +150,9 @@ def _curves(rows: list[dict], out: Path) -> None:
             label = f"{row['pattern']}, M={row['num_memory']}" + (f" (seed {seed})" if seed else "")
             (line,) = ax.plot(*zip(*train), lw=0.6, alpha=0.5)
             ax.plot(*zip(*evals), marker="o", color=line.get_color(), label=label)
-        ax.set(title=f"MLM from scratch, L={length}", xlabel="step", ylabel="loss (nats / masked token)")
-        ax.set_ylim(top=8.0)
+        title = "MLM from scratch" if start == "scratch" else "converted MiniLM, fine-tuned"
+        ax.set(title=f"{title}, L={length}", xlabel="step", ylabel="loss (nats / masked token)")
+        ax.set_ylim(top=8.0 if start == "scratch" else 11.0)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "mlm-curves.png", dpi=110)

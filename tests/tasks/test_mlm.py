@@ -302,3 +302,31 @@ def test_training_loop_eval_with_sparse_prediction_matches_full_logits(task):
 def test_tokenizer_special_ids_are_bert_s():
     tok = WordPieceTokenizer()
     assert tok.special == SPECIAL and tok.vocab_size == 30522
+
+
+def test_build_mlm_model_converts_a_bert_checkpoint_with_the_run_settings(task, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    bert_config = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=task.vocab_size, max_position_embeddings=16, **bert_config))
+    bert.save_pretrained(tmp_path / "bert")
+    _, settings = tiny_model(task, m=3)
+    spec = MLMTaskSpec(**{**vars(task.spec), "pretrained": str(tmp_path / "bert")})
+    model = build_mlm_model(settings, MLMTask(spec, progress=False))
+    c = model.config
+    assert (c.num_memory_tokens, c.attention_pattern, c.chunk_size, c.max_position_embeddings) == (3, "chunked", 8, 32)
+    assert c.sparse_prediction
+    ours, theirs = model.gmat.state_dict(), bert.state_dict()
+    for key in ("encoder.layer.0.attention.self.query.weight", "embeddings.word_embeddings.weight"):
+        assert torch.equal(ours[key], theirs[key])
+    # positions past BERT's 16 are copies of its table (the Longformer recipe of convert_bert_to_gmat)
+    positions = "embeddings.position_embeddings.weight"
+    assert torch.equal(ours[positions][16:], theirs[positions])
+    assert torch.equal(model.cls.predictions.decoder.weight, theirs["embeddings.word_embeddings.weight"])
+    model(**task.batch("train", range(2))).loss.backward()  # trains
+
+    BertModel(BertConfig(vocab_size=50, **bert_config)).save_pretrained(tmp_path / "small-vocab")
+    spec = MLMTaskSpec(**{**vars(task.spec), "pretrained": str(tmp_path / "small-vocab")})
+    with pytest.raises(ValueError, match="vocabulary of 50"):
+        build_mlm_model(settings, MLMTask(spec, progress=False))

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,8 +293,8 @@ class MLMTaskSpec(CorpusSettings):
         split_chunk_size: C of the outside-chunk split (use the chunk size of the chunked runs).
         seed: seed of example order and masking.
         eval_size: number of evaluation examples (evenly spaced over the eval corpus; 0 = all).
-        pretrained: a GMAT ``GmatForMaskedLM``/``GmatModel`` checkpoint to start from (e.g. converted MiniLM);
-            empty = from scratch.
+        pretrained: a checkpoint to start from: a GMAT ``GmatForMaskedLM``/``GmatModel`` folder, a BERT
+            folder or ``"minilm"`` (converted at start with the run's M, pattern and L); empty = from scratch.
     """
 
     name: str = "mlm"
@@ -412,17 +413,31 @@ class MLMTask:
 def build_mlm_model(model_settings: Any, task: MLMTask) -> torch.nn.Module:
     """Build a ``GmatForMaskedLM`` for ``task``: from ``task.spec.pretrained`` when set, else from scratch.
 
+    ``task.spec.pretrained`` may be a GMAT checkpoint, or a BERT checkpoint (or ``"minilm"``), which is
+    converted on the spot with the settings' M, pattern and the task's L (``convert_bert_to_gmat``).
+
     Args:
         model_settings: an object with ``GmatConfig`` fields (``gmat.training.config.ModelSettings``); when
-            starting from a checkpoint only the pattern fields must agree with it (they are checked).
+            starting from a checkpoint only the pattern fields are used (a GMAT checkpoint must agree with
+            them; they are checked).
         task: the MLM task (vocabulary size, L).
 
     Raises:
-        ValueError: if a pretrained checkpoint's M / pattern / L disagree with the settings and task.
+        ValueError: if a pretrained GMAT checkpoint's M / pattern / L disagree with the settings and task,
+            or a BERT checkpoint's vocabulary is not the task's.
     """
     from gmat.modeling import GmatConfig, GmatForMaskedLM
+    from gmat.modeling.convert import is_bert_checkpoint
 
     s, L = model_settings, task.spec.seq_len  # noqa: N806 (shape letter)
+    if task.spec.pretrained and is_bert_checkpoint(task.spec.pretrained):
+        model = _converted_bert(task.spec.pretrained, s, L)
+        if model.config.vocab_size != task.vocab_size:
+            raise ValueError(
+                f"task.pretrained={task.spec.pretrained!r} has a vocabulary of {model.config.vocab_size}, the "
+                f"task's tokenizer {task.vocab_size}: tokenise with the checkpoint's tokenizer (task.tokenizer)"
+            )
+        return model
     if task.spec.pretrained:
         model = GmatForMaskedLM.from_pretrained(task.spec.pretrained)
         c = model.config
@@ -460,6 +475,29 @@ def build_mlm_model(model_settings: Any, task: MLMTask) -> torch.nn.Module:
         sparse_prediction=True,  # training scores the ~15% masked rows only: the same loss, a far cheaper head
     )
     return GmatForMaskedLM(config)
+
+
+def _converted_bert(source: str, s: Any, length: int) -> torch.nn.Module:
+    """``GmatForMaskedLM`` from a BERT checkpoint, converted with the run's M, pattern and L.
+
+    The MLM head is the checkpoint's when it has one, else freshly initialised.
+    """
+    from gmat.modeling import GmatForMaskedLM, convert_bert_to_gmat
+
+    with tempfile.TemporaryDirectory(prefix="gmat-convert-") as tmp:
+        convert_bert_to_gmat(
+            source,
+            tmp,
+            num_memory_tokens=s.num_memory_tokens,
+            attention_pattern=s.attention_pattern,
+            chunk_size=s.chunk_size if s.attention_pattern == "chunked" else None,
+            attention_window=s.attention_window if s.attention_pattern == "window" else None,
+            max_length=length,
+            attn_backend=s.attn_backend,
+        )
+        model = GmatForMaskedLM.from_pretrained(tmp)
+    model.config.sparse_prediction = True
+    return model
 
 
 # ---- evaluation of any saved model ---------------------------------------------------------------------
