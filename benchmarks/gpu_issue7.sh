@@ -8,14 +8,7 @@
 #    Longformer, BigBird and ModernBERT -> $OUT/model-step.{json,md}, model-step.log
 # Each part has its own budget (it starts no new row after it) and a hard timeout behind it.
 # The attention sweep of issue #2 is benchmarks/gpu_run.sh (another < 8 min).
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT="${OUT:-./bench-results/gpu}"
-PY="${PYTHON:-python3}"
-mkdir -p "$OUT"
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-export GMAT_GIT_SHA="${GMAT_GIT_SHA:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+source "$(dirname "$0")/gpu_common.sh"
 { date -u; nvidia-smi || true; } >"$OUT/gpu-env.txt" 2>&1
 
 timeout --signal=TERM --kill-after=15 260 \

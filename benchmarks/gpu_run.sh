@@ -7,14 +7,7 @@
 # (gpu.yaml), a hard timeout backs that up, and the JSON (rewritten after every point) is then re-rendered.
 # Engines that run out of GPU memory, or are predicted to, are recorded as "skipped (reason)".
 # Needs python3 with CUDA torch, transformers, matplotlib and PyYAML; gmat is taken from ./src.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT="${OUT:-./bench-results/gpu}"
-PY="${PYTHON:-python3}"
-mkdir -p "$OUT"
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-export GMAT_GIT_SHA="${GMAT_GIT_SHA:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+source "$(dirname "$0")/gpu_common.sh"
 
 {
   date -u
