@@ -4,8 +4,8 @@ Every run is ``gmat train configs/rc/<name>.yaml`` (see docs/results-rc.md); thi
 ``results.json`` and ``eval/per_question.jsonl``. Besides EM / F1 overall and by the answer's distance from the
 question, it gives each model's **paired** difference to the chunked M=0 run: the mean over the same dev questions
 of (F1 of the model - F1 of chunked M=0), with two standard errors. That error covers the choice of questions,
-not the training seed; the second seed of chunked M=0 (``--set train.seed=1``, same questions) is the yardstick
-for that.
+not the training seed: for that, add a second seed of chunked M=0 (``--set train.seed=1 run_dir=...``, the same
+questions) to ``--runs``.
 
     python scripts/rc_report.py                      # the five configs of configs/rc/
     python scripts/rc_report.py --runs runs/rc/a runs/rc/b --baseline runs/rc/a --out /tmp/rc
@@ -29,7 +29,6 @@ RUNS = tuple(
         "gmat-chunked-m16-l1024",
         "gmat-chunked-m64-l1024",
         "gmat-window-m16-l1024",
-        "chunked-m0-l1024-seed1",  # train.seed=1, same questions: how far two seeds of one model land
     )
 )
 
