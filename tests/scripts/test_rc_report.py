@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[2] / "scripts" / "rc_report.py"
+from repo_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("rc_report", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/rc_report.py")
 
 
 def fake_run(root: Path, name: str, m: int, f1s: list[float]) -> Path:
