@@ -1,6 +1,7 @@
 """What the experiment scripts share: train (or reuse) one run; run many on a process pool; collect the rows.
 
-Used by ``mlm_experiment.py`` and ``compression_experiment.py`` (run as scripts, so this folder is on the path).
+Used by ``mlm_experiment.py``, ``compression_experiment.py`` and ``rc_report.py`` (run as scripts, so this
+folder is on the path).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import argparse
 import functools
 import json
 import multiprocessing as mp
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +35,12 @@ def train_or_reuse(config_path: Path, run_dir: Path, seed: int = 0) -> tuple[Any
     if results_path.is_file() and json.loads(results_path.read_text()).get("finished"):
         return config, json.loads(results_path.read_text())
     return config, train(config, resume=True)
+
+
+def mean_two_se(diffs: list[float]) -> dict:
+    """``{"mean", "two_se"}`` of paired differences: their mean and two standard errors of it."""
+    two_se = 2 * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return {"mean": statistics.fmean(diffs) if diffs else float("nan"), "two_se": two_se}
 
 
 def parser(description: str, runs: tuple[str, ...], choices: tuple[str, ...], workers: int, out: Path):

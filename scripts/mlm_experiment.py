@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiment_runs import collect, parser, run_all, train_or_reuse, write_results
+from experiment_runs import collect, mean_two_se, parser, run_all, train_or_reuse, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "mlm"
@@ -76,21 +76,18 @@ def _paired_difference(a: dict, b: dict, group: str) -> dict:
 
     ``a`` and ``b`` are ``evaluate_mlm(..., per_example=True)`` results on the same examples and masks.
     """
-    import statistics
-
-    diffs = []
-    for i, counts in a["per_example"].items():
-        tokens = counts[group][2]
-        if tokens:
-            diffs.append((counts[group][0] - b["per_example"][i][group][0]) / tokens)
-    two_se = 2 * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-    return {"mean": statistics.fmean(diffs), "two_se": two_se, "examples": len(diffs)}
+    diffs = [
+        (counts[group][0] - b["per_example"][i][group][0]) / counts[group][2]
+        for i, counts in a["per_example"].items()
+        if counts[group][2]
+    ]
+    return {**mean_two_se(diffs), "examples": len(diffs)}
 
 
 def _add_paired_differences(rows: list[dict]) -> None:
     """Give every row ``vs_chunked_m0``: its paired loss difference to the chunked M=0 run of its length and start."""
     for row in rows:
-        base = BASELINE[(row["setting"].split("-")[0], row["length"])]
+        base = BASELINE[(row["start"], row["length"])]
         if row["setting"] == base or not (RUNS_DIR / base / "eval-test.json").is_file():
             continue
         row["vs_chunked_m0"] = {}
@@ -109,13 +106,14 @@ def _run_one(name: str) -> dict:
     test = _evaluate(run_dir, config, "test")
     m, t = config.model, config.train
     pattern = {"chunked": f"chunked C={m.chunk_size}", "window": f"window w={m.attention_window}"}
-    start = (
-        "converted MiniLM-L6-H384 (d=384, 6 layers, fresh MLM head)"
-        if config.task.pretrained == "minilm"
-        else f"from scratch, d={m.hidden_size}, {m.num_hidden_layers} layers"
-    )
+    start = "minilm" if config.task.pretrained == "minilm" else "scratch"
+    described = {
+        "minilm": "converted MiniLM-L6-H384 (d=384, 6 layers, fresh MLM head)",
+        "scratch": f"from scratch, d={m.hidden_size}, {m.num_hidden_layers} layers",
+    }[start]
     return {
         "setting": name,
+        "start": start,
         "num_memory": m.num_memory_tokens,
         "pattern": pattern.get(m.attention_pattern, m.attention_pattern),
         "length": config.task.seq_len,
@@ -126,7 +124,7 @@ def _run_one(name: str) -> dict:
         "train_seconds": results["train_seconds"],
         "num_parameters": results["num_parameters"],
         "budget": (
-            f"{start}; {t.steps} steps x {t.batch_size} x "
+            f"{described}; {t.steps} steps x {t.batch_size} x "
             f"{config.task.seq_len} tokens, lr {t.lr:g}; 1 CPU thread (2-core AMD EPYC VM, 2 runs side by side), "
             f"{results['train_seconds'] / 60:.0f} min"
         ),
@@ -139,10 +137,10 @@ def _curves(rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["setting"].split("-")[0], r["length"]) for r in rows}, reverse=True)  # (start, L)
+    panels = sorted({(r["start"], r["length"]) for r in rows}, reverse=True)  # (start, L)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for ax, (start, length) in zip(axes[0], panels):
-        for row in (r for r in rows if (r["setting"].split("-")[0], r["length"]) == (start, length)):
+        for row in (r for r in rows if (r["start"], r["length"]) == (start, length)):
             records = [json.loads(x) for x in (RUNS_DIR / row["setting"] / "metrics.jsonl").open()]
             train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
             evals = [(r["step"], r["mlm_loss"]) for r in records if r["split"] == "eval"]

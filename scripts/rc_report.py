@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
+
+from experiment_runs import mean_two_se
 
 from gmat.tasks.rc import DISTANCE_BUCKETS, distance_bucket, write_rc_report
 
@@ -43,8 +44,7 @@ def paired_difference(mine: dict[str, dict], base: dict[str, dict], metric: str)
     """Mean of (mine - base) of ``metric`` over the questions both scored, in points (%), with two standard errors."""
     shared = sorted(set(mine) & set(base))
     diffs = [100 * (mine[q][metric] - base[q][metric]) for q in shared]  # per-question scores are in [0, 1]
-    two_se = 2 * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-    return {"mean": statistics.fmean(diffs) if diffs else float("nan"), "two_se": two_se, "questions": len(diffs)}
+    return {**mean_two_se(diffs), "questions": len(diffs)}
 
 
 def markdown(rows: list[dict]) -> str:
