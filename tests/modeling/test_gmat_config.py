@@ -67,3 +67,18 @@ def test_config_json_round_trip(tmp_path) -> None:
     assert loaded.to_dict() == config.to_dict()
     assert loaded.build_pattern() == config.build_pattern()
     assert loaded.num_labels == 4
+
+
+def test_pattern_fields_drop_the_size_the_pattern_does_not_use() -> None:
+    from types import SimpleNamespace
+
+    from gmat.modeling import pattern_fields
+
+    window = SimpleNamespace(num_memory_tokens=4, attention_pattern="window", chunk_size=128, attention_window=32)
+    assert pattern_fields(window) == {
+        "num_memory_tokens": 4, "attention_pattern": "window", "chunk_size": None, "attention_window": 32,
+    }
+    chunked = SimpleNamespace(num_memory_tokens=0, attention_pattern="chunked", chunk_size=64, attention_window=9)
+    fields = pattern_fields(chunked)
+    assert (fields["chunk_size"], fields["attention_window"]) == (64, None)
+    assert GmatConfig(**fields).chunk_size == 64  # accepted as is

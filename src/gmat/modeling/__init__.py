@@ -15,7 +15,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
-from gmat.modeling.configuration_gmat import GmatConfig
+from gmat.modeling.configuration_gmat import GmatConfig, pattern_fields
 from gmat.modeling.convert import convert_bert_to_gmat
 from gmat.modeling.modeling_gmat import (
     GmatForMaskedLM,
@@ -37,6 +37,7 @@ __all__ = [
     "GmatModelOutput",
     "GmatPreTrainedModel",
     "convert_bert_to_gmat",
+    "pattern_fields",
 ]
 
 AutoConfig.register(GmatConfig.model_type, GmatConfig, exist_ok=True)

@@ -24,7 +24,7 @@ from transformers import PretrainedConfig
 
 from gmat.ops import PATTERN_KINDS, AttentionPattern, list_backends
 
-__all__ = ["GmatConfig"]
+__all__ = ["GmatConfig", "pattern_fields"]
 
 DEFAULT_CHUNK_SIZE = 128  # C when attention_pattern="chunked" and chunk_size is not given
 DEFAULT_ATTENTION_WINDOW = 64  # w when attention_pattern="window": a band of 2w+1 ≈ one 128-chunk
@@ -172,3 +172,18 @@ class GmatConfig(PretrainedConfig):
             chunk_size=self.chunk_size if self.attention_pattern == "chunked" else None,
             window=self.attention_window if self.attention_pattern == "window" else None,
         )
+
+
+def pattern_fields(settings: Any) -> dict[str, Any]:
+    """``GmatConfig``'s four pattern fields from a settings object that has them under the same names.
+
+    The size that does not apply to the pattern (``chunk_size`` unless chunked, ``attention_window`` unless
+    window) becomes None, since ``GmatConfig`` refuses it; run configs may still carry a default for it.
+    """
+    kind = settings.attention_pattern
+    return {
+        "num_memory_tokens": settings.num_memory_tokens,
+        "attention_pattern": kind,
+        "chunk_size": settings.chunk_size if kind == "chunked" else None,
+        "attention_window": settings.attention_window if kind == "window" else None,
+    }

@@ -215,7 +215,7 @@ def build_compression_model(model_settings: Any, task: CompressionTask) -> torch
             2 / 1 / 2; ignored by the ``"full"`` baseline, which uses ``num_hidden_layers``).
         task: the compression task (vocabulary, lengths, special ids).
     """
-    from gmat.modeling import GmatConfig, GmatForMaskedLM
+    from gmat.modeling import GmatConfig, GmatForMaskedLM, pattern_fields
     from gmat.modeling.compression import GmatCompressionConfig, GmatForCompression
 
     s = model_settings
@@ -227,10 +227,7 @@ def build_compression_model(model_settings: Any, task: CompressionTask) -> torch
         hidden_dropout_prob=s.hidden_dropout_prob,
         attention_probs_dropout_prob=s.attention_probs_dropout_prob,
         max_position_embeddings=task.window,
-        num_memory_tokens=s.num_memory_tokens,
-        attention_pattern=s.attention_pattern,
-        chunk_size=s.chunk_size if s.attention_pattern == "chunked" else None,
-        attention_window=s.attention_window if s.attention_pattern == "window" else None,
+        **pattern_fields(s),
         attn_backend=s.attn_backend,
         initializer_range=getattr(s, "initializer_range", 0.02),
         pad_token_id=task.special.pad,

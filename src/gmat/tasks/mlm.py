@@ -426,7 +426,7 @@ def build_mlm_model(model_settings: Any, task: MLMTask) -> torch.nn.Module:
         ValueError: if a pretrained GMAT checkpoint's M / pattern / L disagree with the settings and task,
             or a BERT checkpoint's vocabulary is not the task's.
     """
-    from gmat.modeling import GmatConfig, GmatForMaskedLM
+    from gmat.modeling import GmatConfig, GmatForMaskedLM, pattern_fields
     from gmat.modeling.convert import is_bert_checkpoint
 
     s, L = model_settings, task.spec.seq_len  # noqa: N806 (shape letter)
@@ -441,12 +441,7 @@ def build_mlm_model(model_settings: Any, task: MLMTask) -> torch.nn.Module:
     if task.spec.pretrained:
         model = GmatForMaskedLM.from_pretrained(task.spec.pretrained)
         c = model.config
-        mine = (
-            s.num_memory_tokens,
-            s.attention_pattern,
-            s.chunk_size if s.attention_pattern == "chunked" else None,
-            s.attention_window if s.attention_pattern == "window" else None,
-        )
+        mine = tuple(pattern_fields(s).values())
         theirs = (c.num_memory_tokens, c.attention_pattern, c.chunk_size, c.attention_window)
         if mine != theirs or c.max_position_embeddings < L:
             raise ValueError(
@@ -465,10 +460,7 @@ def build_mlm_model(model_settings: Any, task: MLMTask) -> torch.nn.Module:
         hidden_dropout_prob=s.hidden_dropout_prob,
         attention_probs_dropout_prob=s.attention_probs_dropout_prob,
         max_position_embeddings=L,
-        num_memory_tokens=s.num_memory_tokens,
-        attention_pattern=s.attention_pattern,
-        chunk_size=s.chunk_size if s.attention_pattern == "chunked" else None,
-        attention_window=s.attention_window if s.attention_pattern == "window" else None,
+        **pattern_fields(s),
         attn_backend=s.attn_backend,
         initializer_range=getattr(s, "initializer_range", 0.02),
         pad_token_id=task.special.pad,
@@ -482,16 +474,13 @@ def _converted_bert(source: str, s: Any, length: int) -> torch.nn.Module:
 
     The MLM head is the checkpoint's when it has one, else freshly initialised.
     """
-    from gmat.modeling import GmatForMaskedLM, convert_bert_to_gmat
+    from gmat.modeling import GmatForMaskedLM, convert_bert_to_gmat, pattern_fields
 
     with tempfile.TemporaryDirectory(prefix="gmat-convert-") as tmp:
         convert_bert_to_gmat(
             source,
             tmp,
-            num_memory_tokens=s.num_memory_tokens,
-            attention_pattern=s.attention_pattern,
-            chunk_size=s.chunk_size if s.attention_pattern == "chunked" else None,
-            attention_window=s.attention_window if s.attention_pattern == "window" else None,
+            **pattern_fields(s),
             max_length=length,
             attn_backend=s.attn_backend,
         )

@@ -1252,7 +1252,7 @@ def train_rc(config: RCRunConfig) -> dict[str, Any]:
     import yaml
     from transformers import AutoTokenizer
 
-    from gmat.modeling import GmatForQuestionAnswering, convert_bert_to_gmat
+    from gmat.modeling import GmatForQuestionAnswering, convert_bert_to_gmat, pattern_fields
 
     tc, task, mc = config.train, config.task, config.model
     if tc.num_threads:
@@ -1266,13 +1266,11 @@ def train_rc(config: RCRunConfig) -> dict[str, Any]:
 
     # ---- model: convert once into RUN_DIR/init, then load with a fresh QA head ---------------------------
     init_dir = run_dir / "init"
+    pattern = pattern_fields(mc)  # M, pattern, C or w
     convert_bert_to_gmat(
         mc.init,
         init_dir,
-        num_memory_tokens=mc.num_memory_tokens,
-        attention_pattern=mc.attention_pattern,
-        chunk_size=mc.chunk_size if mc.attention_pattern == "chunked" else None,
-        attention_window=mc.attention_window if mc.attention_pattern == "window" else None,
+        **pattern,
         max_length=mc.max_length,
         attn_backend=mc.attn_backend,
     )
@@ -1425,8 +1423,8 @@ def train_rc(config: RCRunConfig) -> dict[str, Any]:
         "hardware": hardware,
         "featurization": task.featurization,
         "model_max_length": feature_length,
-        "chunk_size": mc.chunk_size if mc.attention_pattern == "chunked" else None,
-        "attention_window": mc.attention_window if mc.attention_pattern == "window" else None,
+        "chunk_size": pattern["chunk_size"],
+        "attention_window": pattern["attention_window"],
         "train_load_stats": dataclasses.asdict(load_stats),
         "config": dataclasses.asdict(config),
     }

@@ -84,7 +84,12 @@ def build_model(config: RunConfig, task: SyntheticTask) -> torch.nn.Module:
         from gmat.tasks.compression import build_compression_model
 
         return build_compression_model(config.model, task)
-    from gmat.modeling import GmatConfig, GmatForSequenceClassification, GmatForTokenClassification
+    from gmat.modeling import (
+        GmatConfig,
+        GmatForSequenceClassification,
+        GmatForTokenClassification,
+        pattern_fields,
+    )
 
     m = config.model
     model_config = GmatConfig(
@@ -96,10 +101,7 @@ def build_model(config: RunConfig, task: SyntheticTask) -> torch.nn.Module:
         hidden_dropout_prob=m.hidden_dropout_prob,
         attention_probs_dropout_prob=m.attention_probs_dropout_prob,
         max_position_embeddings=task.spec.seq_len,
-        num_memory_tokens=m.num_memory_tokens,
-        attention_pattern=m.attention_pattern,
-        chunk_size=m.chunk_size if m.attention_pattern == "chunked" else None,
-        attention_window=m.attention_window if m.attention_pattern == "window" else None,
+        **pattern_fields(m),
         attn_backend=m.attn_backend,
         initializer_range=m.initializer_range,
         num_labels=task.num_labels,
