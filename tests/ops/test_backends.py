@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import gmat.ops.blocked as blocked
 from gmat.ops import AttentionPattern, get_backend, gmat_attention, not_supported_reasons
 from gmat.ops.reference import reference_attention
 from tolerances import LOWP_BACKWARD_FACTOR, assert_close_to_oracle
@@ -116,3 +117,28 @@ def test_blocked_gradcheck_float64(pattern):
     mask = torch.tensor([[True] * 6 + [False]])
     assert torch.autograd.gradcheck(
         lambda a, b, c: gmat_attention(a, b, c, pattern, mask, backend="blocked"), (q, k, v))
+
+
+# On CPU, `blocked` sends chunks with memory and no dropout through the log-sum-exp merge of three flash-kernel
+# calls; the tests above therefore exercise that route. Everything else, and CUDA, takes the route below.
+SDPA_ROUTE_CASES = [(shape, make_pattern(shape[3], "chunked", size))
+                    for shape in SHAPES if shape[3] > 0 for size in (8, 200)]
+
+
+@pytest.mark.parametrize(("shape", "pattern"), SDPA_ROUTE_CASES, ids=str)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_blocked_sdpa_route_matches_reference(monkeypatch, shape, pattern, padding):
+    """The batched-SDPA route (CUDA's) stays exact for chunks with memory when forced on CPU."""
+    monkeypatch.setattr(blocked, "_merges_on_cpu", lambda *args: False)
+    test_forward_and_gradients_fp32("blocked", "cpu", torch.float32, shape, pattern, padding)
+
+
+def test_cpu_chunks_with_memory_take_the_merge_route(monkeypatch):
+    calls = []
+    merged = blocked._ChunkedMemoryFlashCPU.apply
+    monkeypatch.setattr(blocked._ChunkedMemoryFlashCPU, "apply", lambda *a: calls.append(1) or merged(*a))
+    q, k, v = inputs((1, 2, 40, 3, 16), "cpu", torch.float32, requires_grad=False)
+    gmat_attention(q, k, v, make_pattern(3, "chunked", 16), backend="blocked")
+    gmat_attention(q, k, v, make_pattern(3, "chunked", 16), backend="blocked", dropout_p=0.1)
+    gmat_attention(q, k, v, make_pattern(3, "window", 4), backend="blocked")
+    assert calls == [1]

@@ -13,9 +13,23 @@ Chunk example (M=1, C=2, L=4), the two blocks and their keys::
 
 Memory cost: O(L·(C+M)) for chunks, O(L·(3w+M)) for a window. L is padded to a multiple of ``b``
 internally; padded keys are masked out and padded query rows are dropped.
+
+On CPU, chunks with memory (M > 0) and no dropout take a second, exact route with fewer copies
+(``_ChunkedMemoryFlashCPU``): the sequence queries attend their chunk and the memory keys in two calls of
+PyTorch's CPU flash kernel, over views of q/k/v (no per-block copy of the memory keys), and the two partial
+results are merged through their log-sum-exp, as flash-attention merges key blocks::
+
+    lse = logaddexp(lse_chunk, lse_mem)
+    out = out_chunk · exp(lse_chunk - lse) + out_mem · exp(lse_mem - lse)
+
+The backward calls the kernel's backward on each key set with the merged output and log-sum-exp: then
+exp(s - lse) is each key's probability in the full softmax and rowsum(dO·O) is the full one, so the per-set
+gradients are the exact gradients of the merged attention and just add up.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +77,11 @@ def _with_nonempty_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return mask | ~row_any, row_any
 
 
+def _merges_on_cpu(q: torch.Tensor, pattern: AttentionPattern, dropout_p: float) -> bool:
+    """Whether the log-sum-exp route (``_ChunkedMemoryFlashCPU``) applies: CPU, chunks, M > 0, no dropout."""
+    return q.device.type == "cpu" and pattern.kind == "chunked" and pattern.num_memory > 0 and dropout_p == 0.0
+
+
 def blocked_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -84,10 +103,8 @@ def blocked_attention(
     Returns:
         ``(B, H, M+L, D)``; rows with no allowed key are zero.
     """
-    bsz, heads, n, dim = q.shape
+    bsz = q.shape[0]
     m = pattern.num_memory
-    seq_len = n - m
-    device = q.device
 
     # Key validity over [mem ; seq]; None when nothing is padded.
     key_valid = None
@@ -96,6 +113,30 @@ def blocked_attention(
         # Zero padded keys/values: masked scores never see them, and 0·NaN in P@V cannot leak garbage.
         k = k.masked_fill(~key_valid[:, None, :, None], 0.0)
         v = v.masked_fill(~key_valid[:, None, :, None], 0.0)
+
+    if _merges_on_cpu(q, pattern, dropout_p):
+        return _ChunkedMemoryFlashCPU.apply(q, k, v, m, pattern.chunk_size, key_valid, scale)
+    return _blocked_sdpa(q, k, v, pattern, attention_mask, key_valid, dropout_p, scale)
+
+
+def _blocked_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: AttentionPattern,
+    attention_mask: torch.Tensor | None,
+    key_valid: torch.Tensor | None,
+    dropout_p: float,
+    scale: float | None,
+) -> torch.Tensor:
+    """Every pattern, any device: blocks as batch entries of one SDPA call (see the module docstring).
+
+    ``k`` and ``v`` are already zeroed at padded keys; ``key_valid`` is ``(B, M+L)`` or None.
+    """
+    bsz, heads, n, dim = q.shape
+    m = pattern.num_memory
+    seq_len = n - m
+    device = q.device
 
     if pattern.kind == "dense":
         mask = None if key_valid is None else key_valid[:, None, None, :]  # (B, 1, 1, M+L)
@@ -164,3 +205,105 @@ def blocked_attention(
     mem_mask = None if key_valid is None else key_valid[:, None, None, :]  # (B, 1, 1, M+L)
     out_mem = _sdpa(q_mem, k, v, mem_mask, dropout_p, scale)  # (B, H, M, D)
     return torch.cat([out_mem, out_seq], dim=2)
+
+
+def _chunk_key_mask(key_valid: torch.Tensor | None, bsz: int, heads: int, n_blocks: int, chunk: int,
+                    seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Additive mask of the chunk keys, ``(B·H, nB, 1, C)``, and the fully masked chunks, ``(B, 1, nB, 1)``.
+
+    Both are None when every key is real and L is a multiple of C.
+    """
+    pad = n_blocks * chunk - seq_len
+    if key_valid is None and _known_zero(pad):
+        return None, None
+    valid = key_valid if key_valid is not None else torch.ones(bsz, seq_len, dtype=torch.bool)
+    valid = F.pad(valid, (0, pad), value=False).view(bsz, 1, n_blocks, 1, chunk)  # (B, 1, nB, 1, C)
+    mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, -math.inf)
+    mask = mask.expand(bsz, heads, n_blocks, 1, chunk).reshape(bsz * heads, n_blocks, 1, chunk)
+    return mask, ~valid.any(dim=-1)  # dead: (B, 1, nB, 1)
+
+
+class _ChunkedMemoryFlashCPU(torch.autograd.Function):
+    """Chunked GMAT attention with M > 0 on CPU, no dropout: three flash-kernel calls over views, merged.
+
+    * sequence queries over their chunk's keys: ``(B·H, nB, C, D)`` views, one batch entry per chunk;
+    * sequence queries over the M memory keys: ``(B, H, L, D)`` against ``(B, H, M, D)``;
+    * memory queries over all M+L keys.
+
+    Args of ``apply``: q, k, v ``(B, H, M+L, D)`` (k, v zeroed at padded keys), ``num_memory``,
+    ``chunk_size``, ``key_valid`` ``(B, M+L)`` bool or None, ``scale`` or None. Returns ``(B, H, M+L, D)``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, num_memory, chunk, key_valid, scale):
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        m = num_memory
+        bsz, heads, n, dim = q.shape
+        seq_len = n - m
+        n_blocks = (seq_len + chunk - 1) // chunk
+        padded_len = n_blocks * chunk
+        seq_mask = None if key_valid is None else key_valid[:, m:]
+        chunk_mask, dead = _chunk_key_mask(seq_mask, bsz, heads, n_blocks, chunk, seq_len, q.dtype)
+        rows_mask = None
+        if key_valid is not None:  # (B, 1, 1, M+L): memory queries skip padded keys
+            rows_mask = torch.zeros(bsz, 1, 1, n, dtype=q.dtype).masked_fill_(~key_valid[:, None, None], -math.inf)
+
+        q_seq, k_seq, v_seq = (_pad_rows(x[:, :, m:], 0, padded_len - seq_len) for x in (q, k, v))  # (B,H,Lp,D)
+
+        def blocks(x: torch.Tensor) -> torch.Tensor:  # (B, H, Lp, D) -> (B·H, nB, C, D), a view when it can be
+            return x.reshape(bsz * heads, n_blocks, chunk, dim)
+
+        out_chunk, lse_chunk = flash(blocks(q_seq), blocks(k_seq), blocks(v_seq), attn_mask=chunk_mask, scale=scale)
+        out_mem, lse_mem = flash(q_seq, k[:, :, :m], v[:, :, :m], scale=scale)  # (B,H,Lp,D), (B,H,Lp)
+        out_rows, lse_rows = flash(q[:, :, :m], k, v, attn_mask=rows_mask, scale=scale)  # (B,H,M,D), (B,H,M)
+
+        lse_chunk = lse_chunk.contiguous().view(bsz, heads, n_blocks, chunk)  # the kernel returns it (B, C, H) strided
+        if dead is not None:  # the kernel reports lse = 0 for a row with no key; it has no mass
+            lse_chunk = lse_chunk.masked_fill(dead, -math.inf)
+        lse_chunk = lse_chunk.view(bsz, heads, padded_len)
+        lse = torch.logaddexp(lse_chunk, lse_mem)  # (B, H, Lp), float32; finite: memory keys are always real
+
+        out = q.new_empty(bsz, heads, m + padded_len, dim)
+        out[:, :, :m] = out_rows
+        out_seq = out[:, :, m:]  # in place, no temporaries (dynamo refuses out= into a strided view)
+        out_seq.copy_(out_chunk.reshape(bsz, heads, padded_len, dim)).mul_((lse_chunk - lse).exp_().unsqueeze(-1))
+        out_seq.addcmul_(out_mem, (lse_mem - lse).exp_().unsqueeze(-1))
+
+        ctx.save_for_backward(q, k, v, out, lse, lse_rows, chunk_mask, rows_mask)
+        ctx.shape = (m, chunk, n_blocks, scale)
+        return out.narrow(2, 0, n)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        q, k, v, out, lse, lse_rows, chunk_mask, rows_mask = ctx.saved_tensors
+        m, chunk, n_blocks, scale = ctx.shape
+        bsz, heads, n, dim = q.shape
+        seq_len, padded_len = n - m, n_blocks * chunk
+
+        q_seq, k_seq, v_seq, g_seq = (_pad_rows(x[:, :, m:], 0, padded_len - seq_len) for x in (q, k, v, grad_out))
+        out_seq = out[:, :, m:]
+
+        def blocks(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(bsz * heads, n_blocks, chunk, dim)
+
+        def unblocks(x: torch.Tensor) -> torch.Tensor:  # (B·H, nB, C, D) -> (B, H, L, D)
+            return x.reshape(bsz, heads, padded_len, dim)[:, :, :seq_len]
+
+        dq_chunk, dk_chunk, dv_chunk = flash_bwd(
+            blocks(g_seq), blocks(q_seq), blocks(k_seq), blocks(v_seq), blocks(out_seq),
+            lse.view(bsz * heads, n_blocks, chunk), 0.0, False, attn_mask=chunk_mask, scale=scale)
+        dq_mem, dk_mem, dv_mem = flash_bwd(
+            g_seq, q_seq, k[:, :, :m], v[:, :, :m], out_seq, lse, 0.0, False, scale=scale)
+        dq_rows, dk, dv = flash_bwd(
+            grad_out[:, :, :m], q[:, :, :m], k, v, out[:, :, :m], lse_rows, 0.0, False,
+            attn_mask=rows_mask, scale=scale)
+
+        dq = torch.empty_like(q)
+        dq[:, :, :m] = dq_rows
+        dq[:, :, m:].copy_(unblocks(dq_chunk)).add_(dq_mem[:, :, :seq_len])
+        dk[:, :, m:] += unblocks(dk_chunk)
+        dk[:, :, :m] += dk_mem
+        dv[:, :, m:] += unblocks(dv_chunk)
+        dv[:, :, :m] += dv_mem
+        return dq, dk, dv, None, None, None, None
