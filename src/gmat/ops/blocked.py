@@ -78,8 +78,14 @@ def _with_nonempty_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _merges_on_cpu(q: torch.Tensor, pattern: AttentionPattern, dropout_p: float) -> bool:
-    """Whether the log-sum-exp route (``_ChunkedMemoryFlashCPU``) applies: CPU, chunks, M > 0, no dropout."""
-    return q.device.type == "cpu" and pattern.kind == "chunked" and pattern.num_memory > 0 and dropout_p == 0.0
+    """Whether the log-sum-exp route (``_ChunkedMemoryFlashCPU``) applies: CPU, chunks, M > 0, no dropout.
+
+    Not under ``torch.export`` (hence ONNX export): ONNX Runtime rejects this route's exported graph (a
+    Reshape of the kernel's log-sum-exp receives another shape), so exported graphs take the batched-SDPA
+    route, which computes the same attention.
+    """
+    return (q.device.type == "cpu" and pattern.kind == "chunked" and pattern.num_memory > 0
+            and dropout_p == 0.0 and not torch.compiler.is_exporting())
 
 
 def blocked_attention(
