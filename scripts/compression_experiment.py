@@ -26,6 +26,8 @@ RUNS = (
     "context-A2048-B512-none",
     "context-A2048-B512-compressed-m16",
     "context-A2048-B512-compressed-m64",
+    "minilm-reconstruction-L512-m32",  # task.pretrained: minilm (converted MiniLM-L6-H384 layers 0-2, twice)
+    "minilm-reconstruction-L512-m8",
 )
 GPU_RUNS = ("context-A2048-B512-full",)
 
@@ -46,8 +48,11 @@ def _run_one(name: str) -> dict:
         metrics["valid" if split == "eval" else "test"] = json.loads(path.read_text())["metrics"]
     m, t, s = config.model, config.train, config.task
     pattern = {"chunked": f"chunked C={m.chunk_size}", "window": f"window w={m.attention_window}"}
+    start = "minilm" if s.pretrained == "minilm" else (s.pretrained or "scratch")
+    model = f"from scratch, d={m.hidden_size}" if start == "scratch" else f"from {start}"
     return {
         "setting": name,
+        "start": start,
         "task": s.name,
         "context": s.context_mode if s.name == "compressed_context" else None,
         "num_memory": m.num_memory_tokens,
@@ -60,7 +65,8 @@ def _run_one(name: str) -> dict:
         "train_seconds": results["train_seconds"],
         "num_parameters": results["num_parameters"],
         "budget": (
-            f"from scratch, d={m.hidden_size}; {t.steps} steps x {t.batch_size} examples, lr {t.lr:g}; 1 CPU "
+            f"{model}, n_enc/n_mid/n_dec = {m.num_encoder_layers}/{m.num_bottleneck_layers}/"
+            f"{m.num_decoder_layers}; {t.steps} steps x {t.batch_size} examples, lr {t.lr:g}; 1 CPU "
             f"thread (2-core AMD EPYC VM shared with 2 other runs), {results['train_seconds'] / 60:.0f} min"
         ),
     }
@@ -74,10 +80,13 @@ def _plot(rows: list[dict], out: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6))
     recon = sorted((r for r in rows if r["task"] == "reconstruction"), key=lambda r: r["length"] / r["num_memory"])
+    for start in sorted({r.get("start", "scratch") for r in recon}):
+        mine = [r for r in recon if r.get("start", "scratch") == start]
+        ratios = [r["length"] / r["num_memory"] for r in mine]
+        left.plot(ratios, [r["metrics"]["test"]["accuracy"] for r in mine], marker="o", label=start)
     if recon:
-        ratios = [r["length"] / r["num_memory"] for r in recon]
-        left.plot(ratios, [r["metrics"]["test"]["accuracy"] for r in recon], marker="o")
         left.set_xscale("log", base=2)
+        left.legend(title="start")
         left.set(title="(a) reconstruction, L=512", xlabel="compression ratio L/M", ylabel="test token accuracy")
     context = [r for r in rows if r["task"] == "compressed_context"]
     if context:

@@ -255,3 +255,65 @@ def test_configs_start_with_their_command_and_parse(path):
     data = yaml.safe_load(path.read_text())
     spec = MLMTaskSpec(**data["task"]) if path.parent.name == "mlm" else CompressionTaskSpec(**data["task"])
     assert spec.cache_dir and data["run_dir"].endswith(path.stem)
+
+
+def test_compression_from_masked_lm_copies_the_weights():
+    from gmat.modeling import GmatConfig, GmatForMaskedLM
+    from gmat.modeling.compression import compression_from_masked_lm
+
+    torch.manual_seed(0)
+    mlm = GmatForMaskedLM(GmatConfig(vocab_size=V, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=64, num_memory_tokens=M,
+                                     chunk_size=8))
+    model = compression_from_masked_lm(mlm, num_encoder_layers=2, num_bottleneck_layers=1, num_decoder_layers=2,
+                                       decoder_input="content_free", mask_token_id=3)
+    source = mlm.gmat.encoder.layer
+    pairs = [(model.encoder[0], source[0]), (model.encoder[1], source[1]), (model.bottleneck[0], source[2]),
+             (model.decoder[0], source[0]), (model.decoder[1], source[1]), (model.embeddings, mlm.gmat.embeddings),
+             (model.cls, mlm.cls)]
+    for ours, theirs in pairs:
+        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(a, b), name
+    c = model.config
+    assert (c.num_memory_tokens, c.chunk_size, c.hidden_size, c.mask_token_id) == (M, 8, 16, 3)
+    assert model.cls.predictions.decoder.weight is model.embeddings.word_embeddings.weight
+    x = ids(1)
+    model(x, labels=x).loss.backward()
+    with pytest.raises(ValueError, match="has 3 layers"):
+        compression_from_masked_lm(mlm, num_encoder_layers=3, num_bottleneck_layers=1, num_decoder_layers=1,
+                                   decoder_input="content_free", mask_token_id=3)
+
+
+@pytest.mark.parametrize("mode", ["reconstruction", "full"])
+def test_build_compression_model_from_a_bert_checkpoint(tmp_path, mode):
+    from transformers import BertConfig, BertModel
+
+    from gmat.modeling import GmatForMaskedLM
+    from gmat.tasks.compression import build_compression_model
+    from gmat.training.config import ModelSettings
+
+    data = corpus(tmp_path / "c.jsonl")
+    name, extra = ("reconstruction", {}) if mode == "reconstruction" else ("compressed_context",
+                                                                            {"context_mode": "full"})
+    spec = CompressionTaskSpec(name=name, train_data=data, eval_data=data, test_data=data,
+                               cache_dir=str(tmp_path / "cache"), seq_len=16, context_len=32, eval_size=2,
+                               pretrained=str(tmp_path / "bert"), **extra)
+    task = CompressionTask(spec, progress=False)
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=task.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64, max_position_embeddings=16))
+    bert.save_pretrained(tmp_path / "bert")
+    pattern = {"num_memory_tokens": 3, "chunk_size": 8} if mode == "reconstruction" else \
+        {"num_memory_tokens": 0, "attention_pattern": "dense", "chunk_size": None}
+    settings = ModelSettings(num_encoder_layers=2, num_bottleneck_layers=0, num_decoder_layers=2, **pattern)
+    model = build_compression_model(settings, task)
+    theirs = bert.state_dict()["encoder.layer.1.attention.self.query.weight"]
+    if mode == "reconstruction":
+        assert isinstance(model, GmatForCompression) and model.config.num_memory_tokens == 3
+        assert torch.equal(model.encoder[1].state_dict()["attention.self.query.weight"], theirs)
+        assert torch.equal(model.decoder[1].state_dict()["attention.self.query.weight"], theirs)
+    else:
+        assert isinstance(model, GmatForMaskedLM) and model.config.attention_pattern == "dense"
+        assert torch.equal(model.gmat.encoder.layer[1].state_dict()["attention.self.query.weight"], theirs)
+    assert model.config.sparse_prediction
+    model(**task.batch("train", range(2))).loss.backward()  # trains

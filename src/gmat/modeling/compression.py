@@ -17,11 +17,13 @@ The decoder's own sequence stream depends on ``config.decoder_input``:
   preceding segment A, when given, is its only extra context. Without a context the memory rows are the
   learned initial memory (the "no context" baseline with the same architecture).
 
-The LM head is BERT's, tied to the word embeddings.
+The LM head is BERT's, tied to the word embeddings. ``compression_from_masked_lm`` builds the model from a
+trained ``GmatForMaskedLM`` (e.g. a converted BERT): its embeddings, memory, layers and LM head.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,9 +33,21 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from gmat.modeling.configuration_gmat import GmatConfig
-from gmat.modeling.modeling_gmat import GmatEmbeddings, GmatLayer, GmatOnlyMLMHead, GmatPreTrainedModel
+from gmat.modeling.modeling_gmat import (
+    GmatEmbeddings,
+    GmatForMaskedLM,
+    GmatLayer,
+    GmatOnlyMLMHead,
+    GmatPreTrainedModel,
+)
 
-__all__ = ["DECODER_INPUTS", "GmatCompressionConfig", "GmatCompressionOutput", "GmatForCompression"]
+__all__ = [
+    "DECODER_INPUTS",
+    "GmatCompressionConfig",
+    "GmatCompressionOutput",
+    "GmatForCompression",
+    "compression_from_masked_lm",
+]
 
 DECODER_INPUTS = ("content_free", "tokens")
 
@@ -301,3 +315,59 @@ class GmatForCompression(GmatPreTrainedModel):
             )
         output = GmatCompressionOutput(loss=loss, logits=logits, memory=memory)
         return output if return_dict else output.to_tuple()
+
+
+def compression_from_masked_lm(
+    mlm: GmatForMaskedLM,
+    *,
+    num_encoder_layers: int,
+    num_bottleneck_layers: int,
+    num_decoder_layers: int,
+    decoder_input: str,
+    mask_token_id: int,
+) -> GmatForCompression:
+    """A compression model whose weights start from a trained ``GmatForMaskedLM`` (e.g. a converted BERT).
+
+    Layer i of the MLM model initialises encoder layer i (i < n_enc), bottleneck layer j is layer n_enc + j,
+    and decoder layer i is layer i again: the decoder's stream starts from embeddings, like the MLM model's
+    first layer. The embeddings (with the learned memory rows), the M, pattern and sizes, and the LM head are
+    the MLM model's.
+
+    Args:
+        mlm: the source model.
+        num_encoder_layers, num_bottleneck_layers, num_decoder_layers: n_enc, n_mid, n_dec.
+        decoder_input: ``"content_free"`` or ``"tokens"``.
+        mask_token_id: the ``[MASK]`` id.
+
+    Raises:
+        ValueError: if the source has fewer than ``max(n_enc + n_mid, n_dec)`` layers or no memory (M = 0).
+    """
+    source = mlm.config
+    have = source.num_hidden_layers
+    if num_encoder_layers + num_bottleneck_layers > have or num_decoder_layers > have:
+        raise ValueError(
+            f"the source model has {have} layers; n_enc + n_mid = {num_encoder_layers + num_bottleneck_layers} "
+            f"and n_dec = {num_decoder_layers} must each be <= {have}"
+        )
+    shared = {f.name: getattr(source, f.name) for f in dataclasses.fields(GmatConfig)
+              if f.init and f.name not in ("num_hidden_layers", "architectures", "transformers_version")}
+    config = GmatCompressionConfig(
+        **shared,
+        num_encoder_layers=num_encoder_layers,
+        num_bottleneck_layers=num_bottleneck_layers,
+        num_decoder_layers=num_decoder_layers,
+        decoder_input=decoder_input,
+        mask_token_id=mask_token_id,
+    )
+    model = GmatForCompression(config)
+    layers = mlm.gmat.encoder.layer
+    model.embeddings.load_state_dict(mlm.gmat.embeddings.state_dict())
+    for i, layer in enumerate(model.encoder):
+        layer.load_state_dict(layers[i].state_dict())
+    for j, layer in enumerate(model.bottleneck):
+        layer.load_state_dict(layers[num_encoder_layers + j].state_dict())
+    for i, layer in enumerate(model.decoder):
+        layer.load_state_dict(layers[i].state_dict())
+    model.cls.load_state_dict(mlm.cls.state_dict())
+    model.tie_weights()
+    return model

@@ -57,6 +57,9 @@ class CompressionTaskSpec(CorpusSettings):
         eval_size: number of evaluation examples (evenly spaced; 0 = all).
         train_label_fraction: reconstruction only: each training example labels a random fraction of its
             positions (seeded by example), to save LM-head time; evaluation always scores every position.
+        pretrained: start from a trained MLM model instead of from scratch: a GMAT ``GmatForMaskedLM``
+            folder, a BERT checkpoint or ``"minilm"`` (converted with the run's M and pattern); see
+            ``build_compression_model``. Empty = from scratch.
     """
 
     name: str = "reconstruction"
@@ -67,6 +70,7 @@ class CompressionTaskSpec(CorpusSettings):
     seed: int = 0
     eval_size: int = 128
     train_label_fraction: float = 1.0
+    pretrained: str = ""
 
     def __post_init__(self) -> None:
         if self.name not in COMPRESSION_TASKS:
@@ -203,11 +207,15 @@ class CompressionTask:
 
 
 def build_compression_model(model_settings: Any, task: CompressionTask) -> torch.nn.Module:
-    """Build the model a compression task needs, from scratch.
+    """Build the model a compression task needs, from scratch or from ``task.spec.pretrained``.
 
     ``reconstruction`` → ``GmatForCompression`` (content-free decoder); ``compressed_context`` with
     ``context_mode`` ``"compressed"`` / ``"none"`` → ``GmatForCompression`` (decoder reads segment B);
     ``"full"`` → a ``GmatForMaskedLM`` over A + B (use ``attention_pattern: dense`` for the paper's baseline).
+
+    With ``task.spec.pretrained`` the MLM model it names (``gmat.tasks.mlm.load_masked_lm``, converted with the
+    settings' M and pattern) gives the sizes and the weights (``compression_from_masked_lm``); the settings'
+    sizes are then unused.
 
     Args:
         model_settings: an object with ``GmatConfig`` fields (``gmat.training.config.ModelSettings``) and,
@@ -216,9 +224,21 @@ def build_compression_model(model_settings: Any, task: CompressionTask) -> torch
         task: the compression task (vocabulary, lengths, special ids).
     """
     from gmat.modeling import GmatConfig, GmatForMaskedLM, pattern_fields
-    from gmat.modeling.compression import GmatCompressionConfig, GmatForCompression
+    from gmat.modeling.compression import GmatCompressionConfig, GmatForCompression, compression_from_masked_lm
+    from gmat.tasks.mlm import load_masked_lm
 
     s = model_settings
+    full = task.spec.name == "compressed_context" and task.spec.context_mode == "full"
+    layers = dict(
+        num_encoder_layers=getattr(s, "num_encoder_layers", 2),
+        num_bottleneck_layers=getattr(s, "num_bottleneck_layers", 1),
+        num_decoder_layers=getattr(s, "num_decoder_layers", 2),
+        decoder_input="content_free" if task.spec.name == "reconstruction" else "tokens",
+        mask_token_id=task.special.mask,
+    )
+    if task.spec.pretrained:
+        mlm = load_masked_lm(task.spec.pretrained, s, task.window, task.vocab_size)
+        return mlm if full else compression_from_masked_lm(mlm, **layers)
     common = dict(
         vocab_size=task.vocab_size,
         hidden_size=s.hidden_size,
@@ -233,14 +253,6 @@ def build_compression_model(model_settings: Any, task: CompressionTask) -> torch
         pad_token_id=task.special.pad,
         sparse_prediction=True,  # the vocabulary head scores only the labelled positions
     )
-    if task.spec.name == "compressed_context" and task.spec.context_mode == "full":
+    if full:
         return GmatForMaskedLM(GmatConfig(num_hidden_layers=s.num_hidden_layers, **common))
-    config = GmatCompressionConfig(
-        num_encoder_layers=getattr(s, "num_encoder_layers", 2),
-        num_bottleneck_layers=getattr(s, "num_bottleneck_layers", 1),
-        num_decoder_layers=getattr(s, "num_decoder_layers", 2),
-        decoder_input="content_free" if task.spec.name == "reconstruction" else "tokens",
-        mask_token_id=task.special.mask,
-        **common,
-    )
-    return GmatForCompression(config)
+    return GmatForCompression(GmatCompressionConfig(**layers, **common))

@@ -45,6 +45,7 @@ __all__ = [
     "add_mlm_eval_arguments",
     "build_mlm_model",
     "evaluate_mlm",
+    "load_masked_lm",
     "mask_tokens",
     "masked_lm_logits",
     "masked_token_counts",
@@ -413,44 +414,19 @@ class MLMTask:
 def build_mlm_model(model_settings: Any, task: MLMTask) -> torch.nn.Module:
     """Build a ``GmatForMaskedLM`` for ``task``: from ``task.spec.pretrained`` when set, else from scratch.
 
-    ``task.spec.pretrained`` may be a GMAT checkpoint, or a BERT checkpoint (or ``"minilm"``), which is
-    converted on the spot with the settings' M, pattern and the task's L (``convert_bert_to_gmat``).
-
     Args:
         model_settings: an object with ``GmatConfig`` fields (``gmat.training.config.ModelSettings``); when
-            starting from a checkpoint only the pattern fields are used (a GMAT checkpoint must agree with
-            them; they are checked).
+            starting from a checkpoint only the pattern fields are used (see ``load_masked_lm``).
         task: the MLM task (vocabulary size, L).
 
     Raises:
-        ValueError: if a pretrained GMAT checkpoint's M / pattern / L disagree with the settings and task,
-            or a BERT checkpoint's vocabulary is not the task's.
+        ValueError: from ``load_masked_lm``.
     """
     from gmat.modeling import GmatConfig, GmatForMaskedLM, pattern_fields
-    from gmat.modeling.convert import is_bert_checkpoint
 
     s, L = model_settings, task.spec.seq_len  # noqa: N806 (shape letter)
-    if task.spec.pretrained and is_bert_checkpoint(task.spec.pretrained):
-        model = _converted_bert(task.spec.pretrained, s, L)
-        if model.config.vocab_size != task.vocab_size:
-            raise ValueError(
-                f"task.pretrained={task.spec.pretrained!r} has a vocabulary of {model.config.vocab_size}, the "
-                f"task's tokenizer {task.vocab_size}: tokenise with the checkpoint's tokenizer (task.tokenizer)"
-            )
-        return model
     if task.spec.pretrained:
-        model = GmatForMaskedLM.from_pretrained(task.spec.pretrained)
-        c = model.config
-        mine = tuple(pattern_fields(s).values())
-        theirs = (c.num_memory_tokens, c.attention_pattern, c.chunk_size, c.attention_window)
-        if mine != theirs or c.max_position_embeddings < L:
-            raise ValueError(
-                f"pretrained checkpoint {task.spec.pretrained} has (M, pattern, C, w) = {theirs} and "
-                f"max length {c.max_position_embeddings}; the run asks for {mine} and L={L} "
-                f"(convert it again with gmat convert)"
-            )
-        model.config.sparse_prediction = True
-        return model
+        return load_masked_lm(task.spec.pretrained, s, L, task.vocab_size)
     config = GmatConfig(
         vocab_size=task.vocab_size,
         hidden_size=s.hidden_size,
@@ -469,6 +445,42 @@ def build_mlm_model(model_settings: Any, task: MLMTask) -> torch.nn.Module:
     return GmatForMaskedLM(config)
 
 
+def load_masked_lm(pretrained: str, model_settings: Any, length: int, vocab_size: int) -> torch.nn.Module:
+    """The ``GmatForMaskedLM`` a run starts from (``task.pretrained``), with ``sparse_prediction`` on.
+
+    ``pretrained`` may be a GMAT checkpoint, whose M / pattern must be the settings' and whose length must
+    cover ``length``, or a BERT checkpoint (or ``"minilm"``), converted on the spot with the settings' M,
+    pattern and ``length`` (``convert_bert_to_gmat``).
+
+    Raises:
+        ValueError: if a GMAT checkpoint's M / pattern / L disagree with the settings and ``length``, or the
+            checkpoint's vocabulary is not ``vocab_size`` (the task's tokenizer).
+    """
+    from gmat.modeling import GmatForMaskedLM, pattern_fields
+    from gmat.modeling.convert import is_bert_checkpoint
+
+    if is_bert_checkpoint(pretrained):
+        model = _converted_bert(pretrained, model_settings, length)
+    else:
+        model = GmatForMaskedLM.from_pretrained(pretrained)
+        c = model.config
+        mine = tuple(pattern_fields(model_settings).values())
+        theirs = (c.num_memory_tokens, c.attention_pattern, c.chunk_size, c.attention_window)
+        if mine != theirs or c.max_position_embeddings < length:
+            raise ValueError(
+                f"pretrained checkpoint {pretrained} has (M, pattern, C, w) = {theirs} and "
+                f"max length {c.max_position_embeddings}; the run asks for {mine} and L={length} "
+                f"(convert it again with gmat convert)"
+            )
+    if model.config.vocab_size != vocab_size:
+        raise ValueError(
+            f"task.pretrained={pretrained!r} has a vocabulary of {model.config.vocab_size}, the "
+            f"task's tokenizer {vocab_size}: tokenise with the checkpoint's tokenizer (task.tokenizer)"
+        )
+    model.config.sparse_prediction = True
+    return model
+
+
 def _converted_bert(source: str, s: Any, length: int) -> torch.nn.Module:
     """``GmatForMaskedLM`` from a BERT checkpoint, converted with the run's M, pattern and L.
 
@@ -484,9 +496,7 @@ def _converted_bert(source: str, s: Any, length: int) -> torch.nn.Module:
             max_length=length,
             attn_backend=s.attn_backend,
         )
-        model = GmatForMaskedLM.from_pretrained(tmp)
-    model.config.sparse_prediction = True
-    return model
+        return GmatForMaskedLM.from_pretrained(tmp)
 
 
 # ---- evaluation of any saved model ---------------------------------------------------------------------
