@@ -47,6 +47,9 @@ def _run_one(name: str) -> dict:
             path.write_text(json.dumps(result, indent=1) + "\n")
         metrics["valid" if split == "eval" else "test"] = json.loads(path.read_text())["metrics"]
     m, t, s = config.model, config.train, config.task
+    if s.name == "reconstruction":
+        for split in ("eval", "test"):
+            metrics["valid" if split == "eval" else "test"]["memory_swap"] = _memory_swap(run_dir, config, split)
     pattern = {"chunked": f"chunked C={m.chunk_size}", "window": f"window w={m.attention_window}"}
     start = "minilm" if s.pretrained == "minilm" else (s.pretrained or "scratch")
     model = f"from scratch, d={m.hidden_size}" if start == "scratch" else f"from {start}"
@@ -70,6 +73,20 @@ def _run_one(name: str) -> dict:
             f"thread (2-core AMD EPYC VM shared with 2 other runs), {results['train_seconds'] / 60:.0f} min"
         ),
     }
+
+
+def _memory_swap(run_dir: Path, config, split: str) -> dict:
+    """``memory_swap_losses`` of the final weights on ``split``, cached in ``eval-<split>-swap.json``."""
+    path = run_dir / f"eval-{split}-swap.json"
+    if not path.is_file():
+        from gmat.modeling.compression import GmatForCompression
+        from gmat.tasks.compression import CompressionTask, memory_swap_losses
+        from gmat.training.checkpoint import latest_checkpoint
+
+        model = GmatForCompression.from_pretrained(latest_checkpoint(run_dir / "checkpoints"))
+        task = CompressionTask(config.task, progress=False)
+        path.write_text(json.dumps(memory_swap_losses(model, task, split, batch_size=8), indent=1) + "\n")
+    return json.loads(path.read_text())
 
 
 def _plot(rows: list[dict], out: Path) -> None:
@@ -102,8 +119,9 @@ def _plot(rows: list[dict], out: Path) -> None:
 
 def _markdown(rows: list[dict]) -> str:
     head = (
-        "| setting | M | L | context | split | loss | perplexity | token accuracy | tokens | train time |\n"
-        + "|---" * 10
+        "| setting | M | L | context | split | loss | perplexity | token accuracy | swapped-memory loss (gap) "
+        "| tokens | train time |\n"
+        + "|---" * 11
         + "|\n"
     )
     lines = []
@@ -111,9 +129,12 @@ def _markdown(rows: list[dict]) -> str:
         ctx = f"{r['context']} ({r['context_length']})" if r["context"] else "–"
         for split in ("valid", "test"):
             g = r["metrics"][split]
+            swap = g.get("memory_swap")
+            swapped = f"{swap['swapped_loss']:.3f} ({swap['swap_gap']:+.3f})" if swap else "–"
             lines.append(
                 f"| {r['setting']} | {r['num_memory']} | {r['length']} | {ctx} | {split} | {g['loss']:.3f} | "
-                f"{g['perplexity']:.0f} | {g['accuracy']:.2%} | {g['tokens']} | {r['train_seconds'] / 60:.0f} min |"
+                f"{g['perplexity']:.0f} | {g['accuracy']:.2%} | {swapped} | {g['tokens']} | "
+                f"{r['train_seconds'] / 60:.0f} min |"
             )
     return head + "\n".join(lines) + "\n"
 

@@ -317,3 +317,31 @@ def test_build_compression_model_from_a_bert_checkpoint(tmp_path, mode):
         assert torch.equal(model.gmat.encoder.layer[1].state_dict()["attention.self.query.weight"], theirs)
     assert model.config.sparse_prediction
     model(**task.batch("train", range(2))).loss.backward()  # trains
+
+
+def test_memory_swap_losses(tmp_path, monkeypatch):
+    from gmat.tasks.compression import memory_swap_losses
+
+    data = corpus(tmp_path / "c.jsonl")
+    spec = CompressionTaskSpec(name="reconstruction", train_data=data, eval_data=data, test_data=data,
+                               cache_dir=str(tmp_path / "cache"), seq_len=24, eval_size=5)
+    task = CompressionTask(spec, progress=False)
+    torch.manual_seed(0)
+    model = GmatForCompression(config(vocab_size=task.vocab_size, mask_token_id=task.special.mask))
+    result = memory_swap_losses(model, task, batch_size=2)  # batches of 2, 2 and a skipped single example
+    assert result["tokens"] == 4 * 23
+    assert result["swap_gap"] != 0.0  # a random decoder already depends on its memory
+    # own_loss is the task's own evaluation loss on those examples
+    with torch.no_grad():
+        counts = sum(task.metric_counts(model(**b).logits, b["labels"]) for b in list(task.iter_eval(2))[:2])
+    assert result["own_loss"] == pytest.approx(task.compute_metrics(counts)["loss"], rel=1e-5)
+    # a model that gives every example the same memory cannot be told apart by the swap
+    same = model.encode(task.batch("eval", [0])["input_ids"])
+    monkeypatch.setattr(model, "encode", lambda ids, mask=None: same.expand(ids.shape[0], -1, -1))
+    assert memory_swap_losses(model, task, batch_size=2)["swap_gap"] == 0.0
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        memory_swap_losses(model, task, batch_size=1)
+    context = CompressionTask(CompressionTaskSpec(**{**vars(spec), "name": "compressed_context", "context_len": 8}),
+                              progress=False)
+    with pytest.raises(ValueError, match="reconstruction control"):
+        memory_swap_losses(model, context)

@@ -35,6 +35,7 @@ __all__ = [
     "CompressionTask",
     "CompressionTaskSpec",
     "build_compression_model",
+    "memory_swap_losses",
     "token_metrics",
 ]
 
@@ -256,3 +257,50 @@ def build_compression_model(model_settings: Any, task: CompressionTask) -> torch
     if full:
         return GmatForMaskedLM(GmatConfig(num_hidden_layers=s.num_hidden_layers, **common))
     return GmatForCompression(GmatCompressionConfig(**layers, **common))
+
+
+def memory_swap_losses(model: torch.nn.Module, task: CompressionTask, split: str = "eval",
+                       batch_size: int = 8) -> dict[str, float]:
+    """Reconstruction control: the loss with each example's own memory and with another example's.
+
+    Does the decoder read the memory at all? Scores the evaluation examples of ``split`` twice, decoding each
+    from its own memory and from the memory of the next example in its batch (a cyclic shift). Equal losses
+    mean the decoder ignores the memory: its predictions then come from positions and token frequencies alone.
+
+    Args:
+        model: a ``GmatForCompression`` with ``decoder_input="content_free"``.
+        task: the reconstruction task; ``batch_size`` >= 2, so that every batch has another example.
+
+    Returns:
+        ``{"own_loss", "swapped_loss", "swap_gap", "tokens"}``: mean loss per scored token (nats), the gap
+        swapped - own, and the number of scored tokens (a last batch of one example is skipped).
+
+    Raises:
+        ValueError: for another task or decoder, or ``batch_size`` < 2.
+    """
+    if task.spec.name != "reconstruction" or getattr(model.config, "decoder_input", None) != "content_free":
+        raise ValueError("memory_swap_losses is a reconstruction control: task.name='reconstruction' and a "
+                         f"content-free decoder, got {task.spec.name!r} and "
+                         f"{getattr(model.config, 'decoder_input', None)!r}")
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (the memory comes from another example), got {batch_size}")
+    totals = {"own": 0.0, "swapped": 0.0}
+    tokens = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in task.iter_eval(batch_size, split=split):
+            if batch["input_ids"].shape[0] < 2:
+                continue
+            labels, mask = batch["labels"], batch.get("attention_mask")
+            memory = model.encode(batch["input_ids"], mask)  # (B, M, d)
+            for name, mem in (("own", memory), ("swapped", memory.roll(1, dims=0))):
+                hidden = model.decode(mem, None, mask, length=labels.shape[1])  # (B, L, d)
+                scored = labels != IGNORE_INDEX
+                logits = model.cls(hidden[scored]).float()  # (N, V)
+                totals[name] += float(torch.nn.functional.cross_entropy(logits, labels[scored], reduction="sum"))
+            tokens += int(scored.sum())
+    model.train(was_training)
+    n = max(tokens, 1)
+    own, swapped = totals["own"] / n, totals["swapped"] / n
+    return {"own_loss": own, "swapped_loss": swapped, "swap_gap": swapped - own, "tokens": tokens}
