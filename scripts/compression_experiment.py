@@ -106,7 +106,10 @@ def _plot(rows: list[dict], out: Path) -> None:
         left.legend(title="start")
         left.set(title="(a) reconstruction, L=512", xlabel="compression ratio L/M", ylabel="test token accuracy")
     context = [r for r in rows if r["task"] == "compressed_context"]
-    if context:
+    if not context:
+        right.axis("off")
+        right.text(0.5, 0.5, "(b) compressed context: not run yet", ha="center", va="center")
+    else:
         labels = [r["context"] + (f" M={r['num_memory']}" if r["context"] == "compressed" else "") for r in context]
         right.bar(labels, [r["metrics"]["test"]["loss"] for r in context], color="C1")
         right.set(title="(b) MLM on B (512) with context A (2048)", ylabel="test MLM loss (nats)")
