@@ -48,10 +48,10 @@ def _run_one(name: str) -> dict:
         metrics["valid" if split == "eval" else "test"] = json.loads(path.read_text())["metrics"]
     m, t, s = config.model, config.train, config.task
     if s.name == "reconstruction":
-        for split in ("eval", "test"):
-            metrics["valid" if split == "eval" else "test"]["memory_swap"] = _memory_swap(run_dir, config, split)
+        for split, swap in _memory_swaps(run_dir, config).items():
+            metrics["valid" if split == "eval" else "test"]["memory_swap"] = swap
     pattern = {"chunked": f"chunked C={m.chunk_size}", "window": f"window w={m.attention_window}"}
-    start = "minilm" if s.pretrained == "minilm" else (s.pretrained or "scratch")
+    start = s.pretrained or "scratch"
     model = f"from scratch, d={m.hidden_size}" if start == "scratch" else f"from {start}"
     return {
         "setting": name,
@@ -75,18 +75,21 @@ def _run_one(name: str) -> dict:
     }
 
 
-def _memory_swap(run_dir: Path, config, split: str) -> dict:
-    """``memory_swap_losses`` of the final weights on ``split``, cached in ``eval-<split>-swap.json``."""
-    path = run_dir / f"eval-{split}-swap.json"
-    if not path.is_file():
+def _memory_swaps(run_dir: Path, config) -> dict[str, dict]:
+    """``memory_swap_losses`` of the final weights on eval and test, cached in ``eval-<split>-swap.json``."""
+    paths = {split: run_dir / f"eval-{split}-swap.json" for split in ("eval", "test")}
+    missing = [split for split, path in paths.items() if not path.is_file()]
+    if missing:  # one model load for both splits
         from gmat.modeling.compression import GmatForCompression
         from gmat.tasks.compression import CompressionTask, memory_swap_losses
         from gmat.training.checkpoint import latest_checkpoint
 
         model = GmatForCompression.from_pretrained(latest_checkpoint(run_dir / "checkpoints"))
         task = CompressionTask(config.task, progress=False)
-        path.write_text(json.dumps(memory_swap_losses(model, task, split, batch_size=8), indent=1) + "\n")
-    return json.loads(path.read_text())
+        for split in missing:
+            result = memory_swap_losses(model, task, split, batch_size=8)
+            paths[split].write_text(json.dumps(result, indent=1) + "\n")
+    return {split: json.loads(path.read_text()) for split, path in paths.items()}
 
 
 def _plot(rows: list[dict], out: Path) -> None:

@@ -29,6 +29,7 @@ gradients are the exact gradients of the merged attention and just add up.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -229,6 +230,12 @@ def _chunk_key_mask(key_valid: torch.Tensor | None, bsz: int, heads: int, n_bloc
     return mask, ~valid.any(dim=-1)  # dead: (B, 1, nB, 1)
 
 
+def _as_chunks(x: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """``(B, H, nB·C, D)`` -> ``(B·H, nB, C, D)``, a view when the strides allow it."""
+    bsz, heads, length, dim = x.shape
+    return x.reshape(bsz * heads, n_blocks, length // n_blocks, dim)
+
+
 class _ChunkedMemoryFlashCPU(torch.autograd.Function):
     """Chunked GMAT attention with M > 0 on CPU, no dropout: three flash-kernel calls over views, merged.
 
@@ -256,9 +263,7 @@ class _ChunkedMemoryFlashCPU(torch.autograd.Function):
 
         q_seq, k_seq, v_seq = (_pad_rows(x[:, :, m:], 0, padded_len - seq_len) for x in (q, k, v))  # (B,H,Lp,D)
 
-        def blocks(x: torch.Tensor) -> torch.Tensor:  # (B, H, Lp, D) -> (B·H, nB, C, D), a view when it can be
-            return x.reshape(bsz * heads, n_blocks, chunk, dim)
-
+        blocks = functools.partial(_as_chunks, n_blocks=n_blocks)
         out_chunk, lse_chunk = flash(blocks(q_seq), blocks(k_seq), blocks(v_seq), attn_mask=chunk_mask, scale=scale)
         out_mem, lse_mem = flash(q_seq, k[:, :, :m], v[:, :, :m], scale=scale)  # (B,H,Lp,D), (B,H,Lp)
         out_rows, lse_rows = flash(q[:, :, :m], k, v, attn_mask=rows_mask, scale=scale)  # (B,H,M,D), (B,H,M)
@@ -290,8 +295,7 @@ class _ChunkedMemoryFlashCPU(torch.autograd.Function):
         q_seq, k_seq, v_seq, g_seq = (_pad_rows(x[:, :, m:], 0, padded_len - seq_len) for x in (q, k, v, grad_out))
         out_seq = out[:, :, m:]
 
-        def blocks(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(bsz * heads, n_blocks, chunk, dim)
+        blocks = functools.partial(_as_chunks, n_blocks=n_blocks)
 
         def unblocks(x: torch.Tensor) -> torch.Tensor:  # (B·H, nB, C, D) -> (B, H, L, D)
             return x.reshape(bsz, heads, padded_len, dim)[:, :, :seq_len]

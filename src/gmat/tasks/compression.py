@@ -293,10 +293,10 @@ def memory_swap_losses(model: torch.nn.Module, task: CompressionTask, split: str
             if batch["input_ids"].shape[0] < 2:
                 continue
             labels, mask = batch["labels"], batch.get("attention_mask")
+            scored = labels != IGNORE_INDEX  # (B, L)
             memory = model.encode(batch["input_ids"], mask)  # (B, M, d)
             for name, mem in (("own", memory), ("swapped", memory.roll(1, dims=0))):
                 hidden = model.decode(mem, None, mask, length=labels.shape[1])  # (B, L, d)
-                scored = labels != IGNORE_INDEX
                 logits = model.cls(hidden[scored]).float()  # (N, V)
                 totals[name] += float(torch.nn.functional.cross_entropy(logits, labels[scored], reduction="sum"))
             tokens += int(scored.sum())
