@@ -3,8 +3,10 @@
 Every run is exactly ``gmat train configs/compression/<name>.yaml`` followed by
 ``gmat eval runs/compression/<name> --checkpoint latest --split eval`` and ``... --split test``; this script
 only runs them in-process on ``--workers`` processes (1 thread each) and aggregates. Finished runs are
-skipped, so it can be re-run. The "full context" baseline (dense over 2,560 tokens) is left out by default:
-about 80 s a step on this CPU, a GPU run.
+skipped, so it can be re-run. Compressed-context runs also get each evaluation example's loss
+(``eval-<split>-per-example.json``) and their paired difference to the no-context run. The from-scratch
+"full context" baseline at A = 2048 (dense over 2,560 tokens) is left out by default: about 80 s a step on
+this CPU, a GPU run.
 
     python scripts/compression_experiment.py --workers 1
     python scripts/compression_experiment.py --aggregate-only
@@ -15,10 +17,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiment_runs import collect, parser, run_all, train_or_reuse, write_results
+from experiment_runs import collect, mean_two_se, parser, run_all, train_or_reuse, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "compression"
+RUNS_DIR = REPO / "runs" / "compression"
 RUNS = (
     "reconstruction-L512-m8",
     "reconstruction-L512-m32",
@@ -28,33 +31,50 @@ RUNS = (
     "context-A2048-B512-compressed-m64",
     "minilm-reconstruction-L512-m32",  # task.pretrained: minilm (converted MiniLM-L6-H384 layers 0-2, twice)
     "minilm-reconstruction-L512-m8",
+    # task (b) from converted MiniLM, A = 512, B = 256: the same 6 pretrained layers read B in every mode
+    "minilm-context-A512-B256-full",
+    "minilm-context-A512-B256-compressed-m16",
+    "minilm-context-A512-B256-compressed-m64",
+    "minilm-context-A512-B256-none",
+    # second seeds (train.seed = task.seed = 1: initialisation, data order, training masks), scored on the
+    # seed-0 examples and masks: how far two seeds of one model land, the yardstick for the modes' differences
+    "minilm-context-A512-B256-compressed-m16-seed1",
+    "minilm-context-A512-B256-none-seed1",
 )
 GPU_RUNS = ("context-A2048-B512-full",)
 
 
 def _run_one(name: str) -> dict:
+    from gmat.training.config import load_config
     from gmat.training.evaluate import evaluate_run
 
-    run_dir = REPO / "runs" / "compression" / name
-    config, results = train_or_reuse(CONFIGS / f"{name}.yaml", run_dir)
+    run_dir = RUNS_DIR / name
+    base, _, seed = name.partition("-seed")  # "<config>-seed<S>": the same run with seed S
+    config, results = train_or_reuse(CONFIGS / f"{base}.yaml", run_dir, int(seed or 0))
+    # scored on seed 0's evaluation examples and masks, like every run of its config
+    scored = load_config(CONFIGS / f"{base}.yaml", [f"run_dir={run_dir}"])
     metrics = {}
     for split in ("eval", "test"):
         path = run_dir / f"eval-{split}.json"
         if not path.is_file():
             # the final weights: token accuracy plateaus at the most frequent token's rate early on, and the
             # best-accuracy checkpoint would then be the first step that reaches the plateau
-            result = evaluate_run(run_dir, checkpoint="latest", split=split)
+            result = evaluate_run(run_dir, checkpoint="latest", split=split, overrides=["task.seed=0"])
             path.write_text(json.dumps(result, indent=1) + "\n")
         metrics["valid" if split == "eval" else "test"] = json.loads(path.read_text())["metrics"]
     m, t, s = config.model, config.train, config.task
     if s.name == "reconstruction":
-        for split, swap in _memory_swaps(run_dir, config).items():
+        for split, swap in _memory_swaps(run_dir, scored).items():
             metrics["valid" if split == "eval" else "test"]["memory_swap"] = swap
+    else:
+        _per_example(run_dir, scored)  # for the paired differences between context modes and seeds
     pattern = {"chunked": f"chunked C={m.chunk_size}", "window": f"window w={m.attention_window}"}
     start = s.pretrained or "scratch"
     model = f"from scratch, d={m.hidden_size}" if start == "scratch" else f"from {start}"
     return {
         "setting": name,
+        "config": base,
+        "seed": int(seed or 0),
         "start": start,
         "task": s.name,
         "context": s.context_mode if s.name == "compressed_context" else None,
@@ -69,8 +89,8 @@ def _run_one(name: str) -> dict:
         "num_parameters": results["num_parameters"],
         "budget": (
             f"{model}, n_enc/n_mid/n_dec = {m.num_encoder_layers}/{m.num_bottleneck_layers}/"
-            f"{m.num_decoder_layers}; {t.steps} steps x {t.batch_size} examples, lr {t.lr:g}; 1 CPU "
-            f"thread (2-core AMD EPYC VM shared with 2 other runs), {results['train_seconds'] / 60:.0f} min"
+            f"{m.num_decoder_layers}; {t.steps} steps x {t.batch_size} examples, lr {t.lr:g}, seed {t.seed}; "
+            f"1 CPU thread (2-core AMD EPYC VM shared with 1-3 other runs), {results['train_seconds'] / 60:.0f} min"
         ),
     }
 
@@ -90,6 +110,54 @@ def _memory_swaps(run_dir: Path, config) -> dict[str, dict]:
             result = memory_swap_losses(model, task, split, batch_size=8)
             paths[split].write_text(json.dumps(result, indent=1) + "\n")
     return {split: json.loads(path.read_text()) for split, path in paths.items()}
+
+
+def _per_example(run_dir: Path, config) -> dict[str, dict]:
+    """``per_example_losses`` of the final weights on eval and test, cached in ``eval-<split>-per-example.json``."""
+    paths = {split: run_dir / f"eval-{split}-per-example.json" for split in ("eval", "test")}
+    missing = [split for split, path in paths.items() if not path.is_file()]
+    if missing:  # one model load for both splits
+        from gmat.tasks.compression import per_example_losses
+        from gmat.training.checkpoint import latest_checkpoint, load_model_weights
+        from gmat.training.loop import build_model, make_any_task
+
+        task = make_any_task(config.task)
+        model = build_model(config, task)
+        load_model_weights(latest_checkpoint(run_dir / "checkpoints"), model)
+        for split in missing:
+            result = per_example_losses(model, task, split, batch_size=config.train.eval_batch_size)
+            paths[split].write_text(json.dumps(result, indent=1) + "\n")
+    return {split: json.loads(path.read_text()) for split, path in paths.items()}
+
+
+def _paired(name: str, base: str) -> dict[str, dict]:
+    """Mean over evaluation examples of (loss of ``name`` - loss of ``base``) per masked token, ± 2 SE, per split."""
+    mine, theirs = (
+        {split: json.loads((RUNS_DIR / n / f"eval-{split}-per-example.json").read_text()) for split in ("eval", "test")}
+        for n in (name, base)
+    )
+    out = {}
+    for split, label in (("eval", "valid"), ("test", "test")):
+        diffs = [(loss - theirs[split][i][0]) / n for i, (loss, n) in mine[split].items() if n]
+        out[label] = {**mean_two_se(diffs), "examples": len(diffs), "baseline": base}
+    return out
+
+
+def _add_paired_differences(rows: list[dict]) -> None:
+    """Give compressed-context rows their paired loss differences (every mode scores the same masked tokens).
+
+    ``vs_none``: to the no-context run of the same start, lengths and seed. ``vs_seed0``: a second seed's
+    difference to seed 0 of the same config, the yardstick for the first.
+    """
+    context = {r["setting"]: r for r in rows if r["task"] == "compressed_context"}
+    for row in context.values():
+        key = (row["start"], row["length"], row["context_length"], row["seed"])
+        none = [n for n, r in context.items()
+                if r["context"] == "none" and (r["start"], r["length"], r["context_length"], r["seed"]) == key]
+        if row["context"] != "none" and none:
+            row["vs_none"] = _paired(row["setting"], none[0])
+        if row["seed"] and row["config"] in context:
+            row["vs_seed0"] = _paired(row["setting"], row["config"])
 
 
 def _plot(rows: list[dict], out: Path) -> None:
@@ -113,9 +181,15 @@ def _plot(rows: list[dict], out: Path) -> None:
         right.axis("off")
         right.text(0.5, 0.5, "(b) compressed context: not run yet", ha="center", va="center")
     else:
-        labels = [r["context"] + (f" M={r['num_memory']}" if r["context"] == "compressed" else "") for r in context]
+        labels = [
+            f"{r['start']}\nA={r['context_length']} B={r['length']}\n{r['context']}"
+            + (f" M={r['num_memory']}" if r["context"] == "compressed" else "")
+            + (f" seed {r['seed']}" if r["seed"] else "")
+            for r in context
+        ]
         right.bar(labels, [r["metrics"]["test"]["loss"] for r in context], color="C1")
-        right.set(title="(b) MLM on B (512) with context A (2048)", ylabel="test MLM loss (nats)")
+        right.tick_params(axis="x", labelsize=7)
+        right.set(title="(b) MLM on segment B given context A", ylabel="test MLM loss (nats)")
         low = min(r["metrics"]["test"]["loss"] for r in context)
         right.set_ylim(bottom=max(0.0, low - 0.5))
     fig.tight_layout()
@@ -126,8 +200,8 @@ def _plot(rows: list[dict], out: Path) -> None:
 def _markdown(rows: list[dict]) -> str:
     head = (
         "| setting | M | L | context | split | loss | perplexity | token accuracy | swapped-memory loss (gap) "
-        "| tokens | train time |\n"
-        + "|---" * 11
+        "| paired Δ loss (± 2 SE) | tokens | train time |\n"
+        + "|---" * 12
         + "|\n"
     )
     lines = []
@@ -137,9 +211,16 @@ def _markdown(rows: list[dict]) -> str:
             g = r["metrics"][split]
             swap = g.get("memory_swap")
             swapped = f"{swap['swapped_loss']:.3f} ({swap['swap_gap']:+.3f})" if swap else "–"
+            deltas = [
+                f"{label} {d['mean']:+.3f} ± {d['two_se']:.3f}"
+                for label, d in (("vs none", r.get("vs_none", {}).get(split)),
+                                 ("vs seed 0", r.get("vs_seed0", {}).get(split)))
+                if d is not None
+            ]
+            delta = "; ".join(deltas) or "–"
             lines.append(
                 f"| {r['setting']} | {r['num_memory']} | {r['length']} | {ctx} | {split} | {g['loss']:.3f} | "
-                f"{g['perplexity']:.0f} | {g['accuracy']:.2%} | {swapped} | {g['tokens']} | "
+                f"{g['perplexity']:.0f} | {g['accuracy']:.2%} | {swapped} | {delta} | {g['tokens']} | "
                 f"{r['train_seconds'] / 60:.0f} min |"
             )
     return head + "\n".join(lines) + "\n"
@@ -152,6 +233,7 @@ def main() -> None:
         run_all(_run_one, args.runs, args.workers, lambda r: f"test loss {r['metrics']['test']['loss']:.3f}")
     names = [n for n in RUNS + GPU_RUNS if (REPO / "runs" / "compression" / n / "eval-test.json").is_file()]
     rows = collect(_run_one, names)
+    _add_paired_differences(rows)
     write_results(args.out, "compression", rows, _markdown, _plot)
 
 

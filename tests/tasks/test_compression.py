@@ -345,3 +345,34 @@ def test_memory_swap_losses(tmp_path, monkeypatch):
                               progress=False)
     with pytest.raises(ValueError, match="reconstruction control"):
         memory_swap_losses(model, context)
+
+
+@pytest.mark.parametrize("mode", ["compressed", "full"])
+def test_per_example_losses_add_up_to_the_evaluation_loss(tmp_path, mode):
+    from gmat.modeling import GmatConfig, GmatForMaskedLM
+    from gmat.tasks.compression import per_example_losses
+
+    data = corpus(tmp_path / "c.jsonl")
+    spec = CompressionTaskSpec(name="compressed_context", context_mode=mode, train_data=data, eval_data=data,
+                               test_data=data, cache_dir=str(tmp_path / "cache"), seq_len=16, context_len=16,
+                               eval_size=5)
+    task = CompressionTask(spec, progress=False)
+    torch.manual_seed(0)
+    if mode == "full":  # dense (B, L, V) logits, not the sparse rows
+        cfg = {k: v for k, v in config(vocab_size=task.vocab_size).to_dict().items()
+               if k in GmatConfig().to_dict() and k not in ("num_memory_tokens", "attention_pattern")}
+        model = GmatForMaskedLM(GmatConfig(**{**cfg, "num_hidden_layers": 2, "sparse_prediction": False}))
+    else:
+        model = GmatForCompression(config(vocab_size=task.vocab_size, mask_token_id=task.special.mask,
+                                          decoder_input="tokens"))
+    rows = per_example_losses(model, task, batch_size=2)  # batches of 2, 2 and 1
+    assert sorted(rows) == task.eval_indices().tolist()
+    with torch.no_grad():
+        counts = sum(task.metric_counts(model(**b).logits, b["labels"]) for b in task.iter_eval(2))
+    assert sum(r[0] for r in rows.values()) == pytest.approx(float(counts[0]), rel=1e-6)
+    assert sum(r[1] for r in rows.values()) == float(counts[2])
+    alone = per_example_losses(model, task, batch_size=1)  # one example's loss does not depend on its batch
+    for i, (loss, n) in rows.items():
+        assert alone[i] == [pytest.approx(loss, rel=1e-5), n]
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        per_example_losses(model, task, batch_size=0)

@@ -304,3 +304,45 @@ def memory_swap_losses(model: torch.nn.Module, task: CompressionTask, split: str
     n = max(tokens, 1)
     own, swapped = totals["own"] / n, totals["swapped"] / n
     return {"own_loss": own, "swapped_loss": swapped, "swap_gap": swapped - own, "tokens": tokens}
+
+
+def per_example_losses(model: torch.nn.Module, task: CompressionTask, split: str = "eval",
+                       batch_size: int = 8) -> dict[int, list[float]]:
+    """Each evaluation example's summed loss and scored-token count, for paired comparisons between models.
+
+    Every context mode scores the same masked tokens of segment B (the masks are seeded by example), so two
+    models' results on one split can be compared example by example.
+
+    Args:
+        model: any model of a compression task (``GmatForCompression`` or the ``"full"`` ``GmatForMaskedLM``).
+        task: its task.
+        split: ``"eval"`` or ``"test"``.
+        batch_size: examples per forward pass (>= 1).
+
+    Returns:
+        ``{example index: [loss_sum (nats), scored tokens]}`` over ``task.eval_indices(split)``.
+
+    Raises:
+        ValueError: if ``batch_size`` < 1.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    indices = task.eval_indices(split)
+    out: dict[int, list[float]] = {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            batch = task.batch(split, chunk)
+            labels = batch["labels"]
+            scored = labels != IGNORE_INDEX  # (B, L)
+            logits = model(**batch).logits.float()  # (N, V) labelled rows in row-major order, or (B, L, V)
+            logits = logits if logits.dim() == 2 else logits[scored]
+            loss = torch.nn.functional.cross_entropy(logits, labels[scored], reduction="none").double()  # (N,)
+            rows = scored.nonzero()[:, 0]  # (N,) the example of each scored token
+            sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, rows, loss)
+            for i, total, n in zip(chunk, sums.tolist(), scored.sum(1).tolist()):
+                out[int(i)] = [total, float(n)]
+    model.train(was_training)
+    return out
