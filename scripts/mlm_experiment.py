@@ -34,6 +34,8 @@ RUNS = (
     "scratch-L1024-C128-m0-seed1",  # how far apart two seeds of one model land: the yardstick for the others
     "minilm-L1024-C128-m0",  # converted MiniLM (task.pretrained: minilm), fine-tuned
     "minilm-L1024-C128-m16",
+    "scratch-L1024-C256-m0",  # C = 256 at L = 1024 (the split stays at C = 128, so the pairing holds)
+    "scratch-L1024-C256-m16",
 )
 EVAL_TOKENS = 65_536
 RUNS_DIR = REPO / "runs" / "mlm"
