@@ -51,14 +51,14 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
 
     checks = {c["engine"]: c for c in saved["checks"]}
     assert all(c["passed"] for c in saved["checks"]), saved["checks"]
-    for name in ("blocked", "masked_sdpa", "dense_sdpa", "naive_chunk_sdpa", "blocked_proj"):
+    for name in ("blocked", "masked_sdpa", "dense_sdpa", "naive_chunk_sdpa", "naive_chunk_mem_sdpa", "blocked_proj"):
         assert checks[name]["check"] == "reference" and checks[name]["with_grad"]
     assert checks["hf_longformer"]["check"] == checks["hf_bigbird"]["check"] == "sanity"
 
     by_key = {(r["sweep"], r["engine"], r["seq_len"], r["num_memory"], r["mode"]): r
               for r in payload["results"]}
-    for engine in ("dense_sdpa", "masked_sdpa", "naive_chunk_sdpa", "blocked", "blocked_proj",
-                   "hf_longformer", "hf_bigbird"):
+    for engine in ("dense_sdpa", "masked_sdpa", "naive_chunk_sdpa", "naive_chunk_mem_sdpa", "blocked",
+                   "blocked_proj", "hf_longformer", "hf_bigbird"):
         for mode in ("fwd", "fwd_bwd"):
             r = by_key[("L-chunked", engine, 256, 4, mode)]
             assert r["status"] == "ok", r

@@ -29,6 +29,9 @@ Engines (shape letters as in ``gmat.ops``; K = C for chunks, 2w for a window, th
 * ``dense_sdpa``: SDPA over all M+L rows, no mask (what sparsity saves);
 * ``masked_sdpa``: SDPA with the materialised (M+L)^2 GMAT mask (built once per shape, not timed);
 * ``naive_chunk_sdpa``: local chunks only, q/k/v viewed as (B, H*L/C, C, D), no memory, chunks only;
+* ``naive_chunk_mem_sdpa``: the same GMAT pattern written the obvious way: chunk reshape with the M memory keys
+  concatenated to every chunk's keys (one unmasked SDPA call), plus the memory rows over all keys (a second);
+  chunked only, L a multiple of C, no padding;
 * ``blocked`` / ``flex``: ``gmat_attention`` with that backend;
 * ``blocked_proj``: Q/K/V projections (d -> d, d = H*D) + ``blocked``, the like-for-like rival of the HF
   modules;
@@ -160,8 +163,8 @@ class BenchConfig:
     batch: int = 1
     heads: int = 8
     head_dim: int = 64
-    engines: tuple[str, ...] = ("dense_sdpa", "masked_sdpa", "naive_chunk_sdpa", "blocked", "blocked_proj",
-                                "flex", "hf_longformer", "hf_bigbird")
+    engines: tuple[str, ...] = ("dense_sdpa", "masked_sdpa", "naive_chunk_sdpa", "naive_chunk_mem_sdpa", "blocked",
+                                "blocked_proj", "flex", "hf_longformer", "hf_bigbird")
     modes: tuple[str, ...] = MODES
     sweeps: tuple[SweepSpec, ...] = ()
     check_seq_len: int = 1024
@@ -397,6 +400,30 @@ def _build_naive_chunk(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -
     return Case(leaves=(q, k, v), forward=forward, oracle=oracle)
 
 
+def _build_naive_chunk_memory(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
+    q, k, v = _qkv(exp, exp.total_len, requires_grad, cfg.seed)  # (B, H, M+L, D), memory rows first
+    b, h, total, d = q.shape
+    m, c = exp.num_memory, exp.size
+    nb = (total - m) // c
+
+    def forward() -> torch.Tensor:
+        # The same GMAT pattern written the obvious way: each chunk is a batch entry whose keys are the M memory
+        # keys (copied per chunk) followed by its own C keys, one unmasked SDPA call; the M memory rows attend to
+        # all M+L keys in a second call.
+        qs = q[:, :, m:].reshape(b * h, nb, c, d)  # (B·H, L/C, C, D), a view
+
+        def keys(x: torch.Tensor) -> torch.Tensor:  # (B·H, L/C, M+C, D)
+            mem = x[:, :, :m].reshape(b * h, 1, m, d).expand(b * h, nb, m, d)
+            return torch.cat([mem, x[:, :, m:].reshape(b * h, nb, c, d)], dim=2)
+
+        local = F.scaled_dot_product_attention(qs, keys(k), keys(v)).reshape(b, h, total - m, d)
+        memory = F.scaled_dot_product_attention(q[:, :, :m], k, v)  # (B, H, M, D)
+        return torch.cat([memory, local], dim=2)
+
+    oracle = _reference(AttentionPattern(m, "chunked", chunk_size=c))
+    return Case(leaves=(q, k, v), forward=forward, oracle=oracle)
+
+
 def _naive_supports(exp: Experiment, mode: str) -> str | None:
     if exp.kind != "chunked":
         return "n/a: the naive path has local chunks only"
@@ -559,6 +586,8 @@ def default_engines(bigbird_random_blocks: int = 3) -> dict[str, Engine]:
         Engine("naive_chunk_sdpa", "naive chunk reshape + SDPA (no memory)", _build_naive_chunk,
                supports=_naive_supports,
                flops_pattern=lambda exp: AttentionPattern(0, "chunked", chunk_size=exp.size)),
+        Engine("naive_chunk_mem_sdpa", "naive chunk reshape + SDPA with memory keys, + memory rows",
+               _build_naive_chunk_memory, supports=_naive_supports),
         Engine("blocked", "gmat blocked", _build_gmat("blocked")),
         Engine("flex", "gmat flex", _build_gmat("flex"), supports=_flex_supports),
         Engine("blocked_proj", "QKV proj + gmat blocked", _build_blocked_proj),
