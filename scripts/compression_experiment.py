@@ -181,15 +181,17 @@ def _plot(rows: list[dict], out: Path) -> None:
         right.axis("off")
         right.text(0.5, 0.5, "(b) compressed context: not run yet", ha="center", va="center")
     else:
+        groups = sorted({f"{r['start']}, A={r['context_length']}, B={r['length']}" for r in context})
         labels = [
-            f"{r['start']}\nA={r['context_length']} B={r['length']}\n{r['context']}"
-            + (f" M={r['num_memory']}" if r["context"] == "compressed" else "")
-            + (f" seed {r['seed']}" if r["seed"] else "")
+            (r["context"] if r["context"] != "compressed" else f"M={r['num_memory']}")
+            + (f"\nseed {r['seed']}" if r["seed"] else "")
+            + (f"\n{r['start']} A={r['context_length']}" if len(groups) > 1 else "")
             for r in context
         ]
         right.bar(labels, [r["metrics"]["test"]["loss"] for r in context], color="C1")
-        right.tick_params(axis="x", labelsize=7)
-        right.set(title="(b) MLM on segment B given context A", ylabel="test MLM loss (nats)")
+        right.tick_params(axis="x", labelsize=8)
+        title = "(b) MLM on B given context A" + (f"\n({groups[0]})" if len(groups) == 1 else "")
+        right.set(title=title, ylabel="test MLM loss (nats)", xlabel="context: none / M memory rows / full")
         low = min(r["metrics"]["test"]["loss"] for r in context)
         right.set_ylim(bottom=max(0.0, low - 0.5))
     fig.tight_layout()
