@@ -31,7 +31,7 @@ TINY_SWEEPS = (
     SweepSpec(name="L-window", kind="window", seq_lens=(256,), num_memory=(4,), sizes=(64,),
               engines=("dense_sdpa", "naive_chunk_sdpa", "blocked", "hf_longformer")),
     SweepSpec(name="M-sweep", kind="chunked", seq_lens=(256,), num_memory=(0, 4), sizes=(128,),
-              engines=("blocked", "dense_sdpa")),
+              engines=("blocked", "dense_sdpa", "naive_chunk_mem_sdpa")),
 )
 
 
@@ -73,6 +73,7 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     assert by_key[("L-window", "hf_longformer", 256, 4, "fwd_bwd")].get("reused")  # same K = 2w = C
     assert by_key[("L-chunked", "dense_sdpa", 256, 4, "fwd")]["speedup_vs_dense"] == pytest.approx(1.0)
     assert by_key[("M-sweep", "blocked", 256, 0, "fwd")]["status"] == "ok"
+    assert by_key[("M-sweep", "naive_chunk_mem_sdpa", 256, 0, "fwd_bwd")]["status"] == "ok"
 
     md = (tmp_path / "tiny-attention.md").read_text()
     assert "| L | dense_sdpa | masked_sdpa |" in md and "| M |" in md and "`flex` skipped" in md

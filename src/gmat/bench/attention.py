@@ -417,6 +417,8 @@ def _build_naive_chunk_memory(exp: Experiment, requires_grad: bool, cfg: BenchCo
             return torch.cat([mem, x[:, :, m:].reshape(b * h, nb, c, d)], dim=2)
 
         local = F.scaled_dot_product_attention(qs, keys(k), keys(v)).reshape(b, h, total - m, d)
+        if m == 0:
+            return local
         memory = F.scaled_dot_product_attention(q[:, :, :m], k, v)  # (B, H, M, D)
         return torch.cat([memory, local], dim=2)
 
