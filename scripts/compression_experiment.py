@@ -95,29 +95,18 @@ def _run_one(name: str) -> dict:
     }
 
 
-def _memory_swaps(run_dir: Path, config) -> dict[str, dict]:
-    """``memory_swap_losses`` of the final weights on eval and test, cached in ``eval-<split>-swap.json``."""
-    paths = {split: run_dir / f"eval-{split}-swap.json" for split in ("eval", "test")}
-    missing = [split for split, path in paths.items() if not path.is_file()]
-    if missing:  # one model load for both splits
-        from gmat.modeling.compression import GmatForCompression
-        from gmat.tasks.compression import CompressionTask, memory_swap_losses
-        from gmat.training.checkpoint import latest_checkpoint
-
-        model = GmatForCompression.from_pretrained(latest_checkpoint(run_dir / "checkpoints"))
-        task = CompressionTask(config.task, progress=False)
-        for split in missing:
-            result = memory_swap_losses(model, task, split, batch_size=8)
-            paths[split].write_text(json.dumps(result, indent=1) + "\n")
-    return {split: json.loads(path.read_text()) for split, path in paths.items()}
+def _per_split(run_dir: Path, suffix: str) -> dict[str, dict]:
+    """The cached ``eval-<split>-<suffix>.json`` of a run, for eval and test."""
+    return {split: json.loads((run_dir / f"eval-{split}-{suffix}.json").read_text()) for split in ("eval", "test")}
 
 
-def _per_example(run_dir: Path, config) -> dict[str, dict]:
-    """``per_example_losses`` of the final weights on eval and test, cached in ``eval-<split>-per-example.json``."""
-    paths = {split: run_dir / f"eval-{split}-per-example.json" for split in ("eval", "test")}
-    missing = [split for split, path in paths.items() if not path.is_file()]
-    if missing:  # one model load for both splits
-        from gmat.tasks.compression import per_example_losses
+def _cached_per_split(run_dir: Path, config, suffix: str, compute) -> dict[str, dict]:
+    """``compute(model, task, split)`` on the final weights for eval and test, cached in ``eval-<split>-<suffix>.json``.
+
+    The model is loaded once for the missing splits, the way ``gmat eval`` loads it.
+    """
+    missing = [split for split in ("eval", "test") if not (run_dir / f"eval-{split}-{suffix}.json").is_file()]
+    if missing:
         from gmat.training.checkpoint import latest_checkpoint, load_model_weights
         from gmat.training.loop import build_model, make_any_task
 
@@ -125,17 +114,30 @@ def _per_example(run_dir: Path, config) -> dict[str, dict]:
         model = build_model(config, task)
         load_model_weights(latest_checkpoint(run_dir / "checkpoints"), model)
         for split in missing:
-            result = per_example_losses(model, task, split, batch_size=config.train.eval_batch_size)
-            paths[split].write_text(json.dumps(result, indent=1) + "\n")
-    return {split: json.loads(path.read_text()) for split, path in paths.items()}
+            result = compute(model, task, split)
+            (run_dir / f"eval-{split}-{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return _per_split(run_dir, suffix)
+
+
+def _memory_swaps(run_dir: Path, config) -> dict[str, dict]:
+    """``memory_swap_losses`` of the final weights on eval and test (``eval-<split>-swap.json``)."""
+    from gmat.tasks.compression import memory_swap_losses
+
+    return _cached_per_split(run_dir, config, "swap", lambda model, task, split: memory_swap_losses(
+        model, task, split, batch_size=8))
+
+
+def _per_example(run_dir: Path, config) -> dict[str, dict]:
+    """``per_example_losses`` of the final weights on eval and test (``eval-<split>-per-example.json``)."""
+    from gmat.tasks.compression import per_example_losses
+
+    return _cached_per_split(run_dir, config, "per-example", lambda model, task, split: per_example_losses(
+        model, task, split, batch_size=config.train.eval_batch_size))
 
 
 def _paired(name: str, base: str) -> dict[str, dict]:
     """Mean over evaluation examples of (loss of ``name`` - loss of ``base``) per masked token, ± 2 SE, per split."""
-    mine, theirs = (
-        {split: json.loads((RUNS_DIR / n / f"eval-{split}-per-example.json").read_text()) for split in ("eval", "test")}
-        for n in (name, base)
-    )
+    mine, theirs = (_per_split(RUNS_DIR / n, "per-example") for n in (name, base))
     out = {}
     for split, label in (("eval", "valid"), ("test", "test")):
         diffs = [(loss - theirs[split][i][0]) / n for i, (loss, n) in mine[split].items() if n]
@@ -150,12 +152,11 @@ def _add_paired_differences(rows: list[dict]) -> None:
     difference to seed 0 of the same config, the yardstick for the first.
     """
     context = {r["setting"]: r for r in rows if r["task"] == "compressed_context"}
+    group = lambda r: (r["start"], r["length"], r["context_length"], r["seed"])  # noqa: E731
+    none = {group(r): name for name, r in context.items() if r["context"] == "none"}
     for row in context.values():
-        key = (row["start"], row["length"], row["context_length"], row["seed"])
-        none = [n for n, r in context.items()
-                if r["context"] == "none" and (r["start"], r["length"], r["context_length"], r["seed"]) == key]
-        if row["context"] != "none" and none:
-            row["vs_none"] = _paired(row["setting"], none[0])
+        if row["context"] != "none" and group(row) in none:
+            row["vs_none"] = _paired(row["setting"], none[group(row)])
         if row["seed"] and row["config"] in context:
             row["vs_seed0"] = _paired(row["setting"], row["config"])
 

@@ -36,6 +36,7 @@ __all__ = [
     "CompressionTaskSpec",
     "build_compression_model",
     "memory_swap_losses",
+    "per_example_losses",
     "token_metrics",
 ]
 
