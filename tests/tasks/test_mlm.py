@@ -251,7 +251,9 @@ def test_evaluate_mlm_saved_model_and_cli(task, tmp_path, capsys):
             ]
         )
         assert run_mlm_eval(args) == 2
-    args = parser.parse_args(["--model", str(tmp_path / "model"), "--data", str(data), "--length", "64"])
+    args = parser.parse_args(
+        ["--model", str(tmp_path / "model"), "--data", str(data), "--length", "64", "--cache-dir", str(tmp_path / "c")]
+    )
     assert run_mlm_eval(args) == 2  # longer than the model accepts
 
 
