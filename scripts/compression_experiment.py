@@ -40,6 +40,11 @@ RUNS = (
     # seed-0 examples and masks: how far two seeds of one model land, the yardstick for the modes' differences
     "minilm-context-A512-B256-compressed-m16-seed1",
     "minilm-context-A512-B256-none-seed1",
+    # A = 256: the fair full-context reference (A + B = 512 stays inside MiniLM's trained positions; at A = 512
+    # the copied positions 512-767 collide with A's), with the modes it is compared with on the same windows
+    "minilm-context-A256-B256-full",
+    "minilm-context-A256-B256-compressed-m16",
+    "minilm-context-A256-B256-none",
 )
 GPU_RUNS = ("context-A2048-B512-full",)
 
