@@ -36,6 +36,8 @@ RUNS = (
     "minilm-L1024-C128-m16",
     "scratch-L1024-C256-m0",  # C = 256 at L = 1024 (the split stays at C = 128, so the pairing holds)
     "scratch-L1024-C256-m16",
+    "minilm-L1024-C128-m0-seed1",  # the MiniLM seed spread, and M=16 vs M=0 again with another seed
+    "minilm-L1024-C128-m16-seed1",
 )
 EVAL_TOKENS = 65_536
 RUNS_DIR = REPO / "runs" / "mlm"
@@ -86,18 +88,28 @@ def _paired_difference(a: dict, b: dict, group: str) -> dict:
     return {**mean_two_se(diffs), "examples": len(diffs)}
 
 
+def _paired(name: str, base: str) -> dict[str, dict]:
+    """Per split, the paired difference of run ``name`` to run ``base`` on all tokens and on ``outside_chunk``."""
+    out = {}
+    for split in ("valid", "test"):
+        mine, theirs = (json.loads((RUNS_DIR / n / f"eval-{split}.json").read_text()) for n in (name, base))
+        out[split] = {g: _paired_difference(mine, theirs, g) for g in ("all", "outside_chunk")}
+    return out
+
+
 def _add_paired_differences(rows: list[dict]) -> None:
-    """Give every row ``vs_chunked_m0``: its paired loss difference to the chunked M=0 run of its length and start."""
+    """Give rows their paired loss differences (every model of one length scores the same masked tokens).
+
+    ``vs_chunked_m0``: to the chunked M=0 run of the same start, length and seed. ``vs_seed0``: a second seed's
+    difference to seed 0 of the same config, the yardstick for the first.
+    """
+    finished = {r["setting"] for r in rows}
     for row in rows:
-        base = BASELINE[(row["start"], row["length"])]
-        if row["setting"] == base or not (RUNS_DIR / base / "eval-test.json").is_file():
-            continue
-        row["vs_chunked_m0"] = {}
-        for split in ("valid", "test"):
-            mine, theirs = (
-                json.loads((RUNS_DIR / name / f"eval-{split}.json").read_text()) for name in (row["setting"], base)
-            )
-            row["vs_chunked_m0"][split] = {g: _paired_difference(mine, theirs, g) for g in ("all", "outside_chunk")}
+        base = BASELINE[(row["start"], row["length"])] + (f"-seed{row['seed']}" if row["seed"] else "")
+        if row["setting"] != base and base in finished:
+            row["vs_chunked_m0"] = _paired(row["setting"], base)
+        if row["seed"] and row["config"] in finished:
+            row["vs_seed0"] = _paired(row["setting"], row["config"])
 
 
 def _run_one(name: str) -> dict:
@@ -115,6 +127,8 @@ def _run_one(name: str) -> dict:
     }[start]
     return {
         "setting": name,
+        "config": base,
+        "seed": int(seed or 0),
         "start": start,
         "num_memory": m.num_memory_tokens,
         "pattern": pattern.get(m.attention_pattern, m.attention_pattern),
@@ -163,11 +177,11 @@ def _markdown(rows: list[dict]) -> str:
     head = (
         "| setting | pattern | M | L | split | loss | ppl | acc | Δ loss vs chunked M=0 (± 2 SE) | "
         "outside_chunk loss / acc | Δ outside_chunk | chunk_only loss / acc | masked tokens (out / only) | "
-        "train time |\n" + "|---" * 14 + "|\n"
+        "Δ loss vs seed 0 | train time |\n" + "|---" * 15 + "|\n"
     )
 
-    def delta(r: dict, split: str, group: str) -> str:
-        d = r.get("vs_chunked_m0", {}).get(split, {}).get(group)
+    def delta(r: dict, split: str, group: str, key: str = "vs_chunked_m0") -> str:
+        d = r.get(key, {}).get(split, {}).get(group)
         return "–" if d is None else f"{d['mean']:+.3f} ± {d['two_se']:.3f}"
 
     lines = []
@@ -180,7 +194,7 @@ def _markdown(rows: list[dict]) -> str:
                 f"{a['loss']:.3f} | {a['perplexity']:.0f} | {a['accuracy']:.2%} | {delta(r, split, 'all')} | "
                 f"{o['loss']:.3f} / {o['accuracy']:.2%} | {delta(r, split, 'outside_chunk')} | "
                 f"{c['loss']:.3f} / {c['accuracy']:.2%} | {o['tokens']} / {c['tokens']} | "
-                f"{r['train_seconds'] / 60:.0f} min |"
+                f"{delta(r, split, 'all', 'vs_seed0')} | {r['train_seconds'] / 60:.0f} min |"
             )
     return head + "\n".join(lines) + "\n"
 
