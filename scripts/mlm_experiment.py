@@ -6,7 +6,9 @@ Every run is exactly ``gmat train configs/mlm/<name>.yaml`` followed by
         --length L --max-examples N --split-chunk-size C      (and once more with test.jsonl)
 
 with N = 65,536 / L examples (the same 64 k tokens at every L) and C the chunk size of the L's chunked runs,
-so every model of one L is scored on the same masked tokens. This script runs them in-process on
+so every model of one L is scored on the same masked tokens; models with memory are scored once more with
+``--memory-swap`` (each example reads the memory rows of the previous one in its batch: does the model use
+what its memory holds about the example?). This script runs them in-process on
 ``--workers`` processes (1 thread each) and aggregates. Finished runs are skipped, so it can be re-run.
 
     python scripts/mlm_experiment.py --workers 2
@@ -49,10 +51,10 @@ BASELINE = {
 }
 
 
-def _evaluate(run_dir: Path, config, split: str) -> dict:
+def _evaluate(run_dir: Path, config, split: str, memory_swap: bool = False) -> dict:
     from gmat.tasks.mlm import evaluate_mlm
 
-    path = run_dir / f"eval-{split}.json"
+    path = run_dir / f"eval-{split}{'-swap' if memory_swap else ''}.json"
     if path.is_file():
         return json.loads(path.read_text())
     data = config.task.eval_data if split == "valid" else config.task.test_data
@@ -70,6 +72,7 @@ def _evaluate(run_dir: Path, config, split: str) -> dict:
         cache_dir=config.task.cache_dir,
         batch_size=4,
         per_example=True,
+        memory_swap=memory_swap,
     )
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -88,11 +91,16 @@ def _paired_difference(a: dict, b: dict, group: str) -> dict:
     return {**mean_two_se(diffs), "examples": len(diffs)}
 
 
-def _paired(name: str, base: str) -> dict[str, dict]:
-    """Per split, the paired difference of run ``name`` to run ``base`` on all tokens and on ``outside_chunk``."""
+def _paired(name: str, base: str, suffix: str = "") -> dict[str, dict]:
+    """Per split, the paired difference of run ``name`` (its ``eval-<split><suffix>.json``) to run ``base``.
+
+    On all tokens and on ``outside_chunk`` tokens.
+    """
     out = {}
     for split in ("valid", "test"):
-        mine, theirs = (json.loads((RUNS_DIR / n / f"eval-{split}.json").read_text()) for n in (name, base))
+        mine, theirs = (
+            json.loads((RUNS_DIR / n / f"eval-{split}{x}.json").read_text()) for n, x in ((name, suffix), (base, ""))
+        )
         out[split] = {g: _paired_difference(mine, theirs, g) for g in ("all", "outside_chunk")}
     return out
 
@@ -110,6 +118,8 @@ def _add_paired_differences(rows: list[dict]) -> None:
             row["vs_chunked_m0"] = _paired(row["setting"], base)
         if row["seed"] and row["config"] in finished:
             row["vs_seed0"] = _paired(row["setting"], row["config"])
+        if row["num_memory"]:
+            row["memory_swap"] = _paired(row["setting"], row["setting"], "-swap")
 
 
 def _run_one(name: str) -> dict:
@@ -119,6 +129,9 @@ def _run_one(name: str) -> dict:
     valid = _evaluate(run_dir, config, "valid")
     test = _evaluate(run_dir, config, "test")
     m, t = config.model, config.train
+    if m.num_memory_tokens:  # the control: each example scored with another example's memory rows
+        for split in ("valid", "test"):
+            _evaluate(run_dir, config, split, memory_swap=True)
     pattern = {"chunked": f"chunked C={m.chunk_size}", "window": f"window w={m.attention_window}"}
     start = "minilm" if config.task.pretrained == "minilm" else "scratch"
     described = {
@@ -196,7 +209,19 @@ def _markdown(rows: list[dict]) -> str:
                 f"{c['loss']:.3f} / {c['accuracy']:.2%} | {o['tokens']} / {c['tokens']} | "
                 f"{delta(r, split, 'all', 'vs_seed0')} | {r['train_seconds'] / 60:.0f} min |"
             )
-    return head + "\n".join(lines) + "\n"
+    swap = [
+        f"| {r['setting']} | {r['num_memory']} | {split} | {r['metrics'][split]['all']['loss']:.3f} | "
+        f"{delta(r, split, 'all', 'memory_swap')} | {delta(r, split, 'outside_chunk', 'memory_swap')} |"
+        for r in rows
+        if "memory_swap" in r
+        for split in ("valid", "test")
+    ]
+    swap_head = (
+        "\n**Memory-swap control**: the same examples and masks, each read with the memory rows of the previous "
+        "example in its batch of 4, at every layer (paired Δ = swapped − own, ± 2 SE).\n\n"
+        "| setting | M | split | own loss | Δ loss, swapped memory | Δ outside_chunk |\n" + "|---" * 6 + "|\n"
+    )
+    return head + "\n".join(lines) + "\n" + (swap_head + "\n".join(swap) + "\n" if swap else "")
 
 
 def main() -> None:

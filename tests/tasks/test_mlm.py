@@ -17,6 +17,7 @@ from gmat.tasks.mlm import (
     mask_tokens,
     outside_chunk_flags,
     run_mlm_eval,
+    swapped_memory,
 )
 
 SPECIAL = SpecialTokens(pad=0, unk=100, cls=101, sep=102, mask=103)
@@ -332,3 +333,61 @@ def test_build_mlm_model_converts_a_bert_checkpoint_with_the_run_settings(task, 
     spec = MLMTaskSpec(**{**vars(task.spec), "pretrained": str(tmp_path / "small-vocab")})
     with pytest.raises(ValueError, match="vocabulary of 50"):
         build_mlm_model(settings, MLMTask(spec, progress=False))
+
+
+def test_swapped_memory_feeds_each_example_the_previous_examples_memory():
+    from gmat import GmatConfig, GmatForMaskedLM
+
+    torch.manual_seed(0)
+    config = GmatConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32, num_memory_tokens=3,
+                        attention_pattern="chunked", chunk_size=4, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, initializer_range=0.5)  # big weights: visible effects
+    model = GmatForMaskedLM(config).eval()
+    ids = torch.randint(5, 50, (3, 12))
+    own = model.gmat(ids).last_hidden_state  # (3, 12, d)
+    with swapped_memory(model):
+        swapped = model.gmat(ids).last_hidden_state
+    # oracle, layer by layer: the second layer's rows of example i read the first layer's memory of i - 1
+    with torch.no_grad():
+        h = model.gmat.embeddings(ids, torch.zeros_like(ids), torch.arange(12)[None])  # (3, 3 + 12, d)
+        h = model.gmat.encoder.layer[0](h, None)
+        h = torch.cat([h[:, :3].roll(1, dims=0), h[:, 3:]], dim=1)
+        expected = model.gmat.encoder.layer[1](h, None)[:, 3:]
+    torch.testing.assert_close(swapped, expected)
+    assert (swapped - own).abs().max() > 0.1
+    # the hooks are gone after the block; identical examples have nothing to swap
+    torch.testing.assert_close(model.gmat(ids).last_hidden_state, own)
+    same = ids[:1].expand(3, -1)
+    with swapped_memory(model):
+        swapped_same = model.gmat(same).last_hidden_state
+    torch.testing.assert_close(swapped_same, model.gmat(ids[:1]).last_hidden_state.expand(3, -1, -1))
+    with pytest.raises(ValueError, match="memory rows"):
+        with swapped_memory(GmatForMaskedLM(GmatConfig(**{**config.to_dict(), "num_memory_tokens": 0}))):
+            pass
+
+
+def test_evaluate_mlm_memory_swap(task, tmp_path):
+    model, _ = tiny_model(task, m=2)
+    data = tmp_path / "v.jsonl"
+    kw = dict(length=32, batch_size=2, cache_dir=tmp_path / "cache", per_example=True)
+    own = evaluate_mlm(model, data, **kw)
+    swapped = evaluate_mlm(model, data, memory_swap=True, **kw)
+    n = own["num_examples"]
+    assert swapped["memory"] == "swapped" and swapped["skipped_examples"] == n % 2
+    assert swapped["num_examples"] == n - n % 2 and set(swapped["per_example"]) <= set(own["per_example"])
+    assert swapped["metrics"]["all"]["loss"] != pytest.approx(own["metrics"]["all"]["loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="batch_size >= 2"):
+        evaluate_mlm(model, data, memory_swap=True, **{**kw, "batch_size": 1})
+    no_memory, _ = tiny_model(task, m=0)
+    with pytest.raises(ValueError, match="memory rows"):
+        evaluate_mlm(no_memory, data, memory_swap=True, **kw)
+    # the CLI flag; its JSON goes next to the plain evaluation's, with a -swap suffix
+    model.save_pretrained(tmp_path / "model")
+    parser = argparse.ArgumentParser()
+    add_mlm_eval_arguments(parser)
+    argv = ["--model", str(tmp_path / "model"), "--data", str(data), "--length", "32", "--batch-size", "2"]
+    assert run_mlm_eval(parser.parse_args([*argv, "--cache-dir", str(tmp_path / "cache"), "--memory-swap"])) == 0
+    written = json.loads((tmp_path / "model" / "eval-mlm-v-L32-swap.json").read_text())
+    assert written["memory"] == "swapped"
+    assert written["metrics"]["all"]["loss"] == pytest.approx(swapped["metrics"]["all"]["loss"], rel=1e-5)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -51,6 +52,7 @@ __all__ = [
     "masked_token_counts",
     "outside_chunk_flags",
     "run_mlm_eval",
+    "swapped_memory",
 ]
 
 logger = logging.getLogger(__name__)
@@ -236,6 +238,39 @@ def masked_lm_logits(
         hidden = model.gmat(input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
         return model.cls(hidden[select])  # (N, V)
     return model(input_ids=input_ids, attention_mask=attention_mask).logits[select]
+
+
+@contextlib.contextmanager
+def swapped_memory(model: torch.nn.Module) -> Iterator[None]:
+    """Inside the block, every GMAT layer hands on the memory rows of the previous example in the batch.
+
+    A control for "does the model use what its memory holds about this example?": at every layer the
+    sequence rows of example i read memory rows computed from other examples (a cyclic shift by one along
+    the batch); nothing else changes. If the loss does not rise, the memory acts as example-independent extra
+    rows, whatever it does for the loss.
+
+    Args:
+        model: a GMAT model with ``num_memory_tokens`` > 0 (its ``GmatLayer`` outputs are ``(B, M+L, d)``).
+
+    Raises:
+        ValueError: if the model has no memory rows or no GMAT layers.
+    """
+    from gmat.modeling.modeling_gmat import GmatLayer
+
+    m = getattr(getattr(model, "config", None), "num_memory_tokens", 0)
+    layers = [mod for mod in model.modules() if isinstance(mod, GmatLayer)]
+    if not m or not layers:
+        raise ValueError(f"swapped_memory needs a GMAT model with memory rows, got {type(model).__name__} with M={m}")
+
+    def roll(_module: torch.nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
+        return torch.cat([out[:, :m].roll(1, dims=0), out[:, m:]], dim=1)  # (B, M+L, d)
+
+    handles = [layer.register_forward_hook(roll) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 # ---- the task ------------------------------------------------------------------------------------------
@@ -529,6 +564,7 @@ def evaluate_mlm(
     device: str = "cpu",
     progress: bool = False,
     per_example: bool = False,
+    memory_swap: bool = False,
 ) -> dict[str, Any]:
     """Masked-LM loss, perplexity and accuracy of a saved model on a corpus, overall and by chunk locality.
 
@@ -549,6 +585,9 @@ def evaluate_mlm(
         device: ``"cpu"`` or ``"cuda"``.
         progress: show progress bars.
         per_example: also return ``"per_example"``: ``{example index: {group: [loss_sum, correct, tokens]}}``.
+        memory_swap: score every example with the memory rows of the previous example in its batch
+            (``swapped_memory``); needs a GMAT model with memory and ``batch_size`` >= 2. A last batch of
+            one example is skipped (``"skipped_examples"``), so compare runs example by example.
 
     Returns:
         ``{"model", "data", "length", "split_chunk_size", "num_examples", "metrics": {group: {...}}}`` with
@@ -557,7 +596,10 @@ def evaluate_mlm(
     Raises:
         FileNotFoundError: if ``model`` is not a saved model folder.
         CorpusError: on unusable data (missing, empty, shorter than one example).
+        ValueError: for ``memory_swap`` with ``batch_size`` < 2 or a model without memory rows.
     """
+    if memory_swap and batch_size < 2:
+        raise ValueError(f"memory_swap needs batch_size >= 2 (the memory comes from another example), got {batch_size}")
     model_path = None if isinstance(model, torch.nn.Module) else Path(model)
     if model_path is not None and not (model_path / "config.json").is_file():
         raise FileNotFoundError(f"{model_path} is not a saved model folder (no config.json)")
@@ -597,35 +639,43 @@ def evaluate_mlm(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="eval mlm", unit="batch")
-    for start in batches:
-        inputs, labels = [], []
-        batch_indices = indices[start : start + batch_size]
-        for i in batch_indices:
-            x, y = mask_tokens(
-                packed[int(i)],
-                np.random.default_rng([seed, int(i)]),
-                special=cache.special,
-                vocab_size=cache.vocab_size,
-                probability=mlm_probability,
-            )
-            inputs.append(x)
-            labels.append(y)
-        input_ids = torch.from_numpy(np.stack(inputs)).to(device)
-        label_t = torch.from_numpy(np.stack(labels)).to(device)
-        select = label_t != IGNORE_INDEX
-        outside = outside_chunk_flags(input_ids, label_t, chunk)
-        logits = masked_lm_logits(net, input_ids, torch.ones_like(input_ids), select)
-        rows = torch.from_numpy(np.asarray(batch_indices, dtype=np.int64))[:, None].expand_as(select)  # (B, L)
-        metrics.update(logits, label_t[select], outside[select], rows[select] if per_example else None)
+    skipped = 0
+    # the hooks of swapped_memory live for the whole loop (they are removed on exit, also on errors)
+    with swapped_memory(net) if memory_swap else contextlib.nullcontext():
+        for start in batches:
+            inputs, labels = [], []
+            batch_indices = indices[start : start + batch_size]
+            if memory_swap and len(batch_indices) < 2:  # no other example to take the memory from
+                skipped += len(batch_indices)
+                continue
+            for i in batch_indices:
+                x, y = mask_tokens(
+                    packed[int(i)],
+                    np.random.default_rng([seed, int(i)]),
+                    special=cache.special,
+                    vocab_size=cache.vocab_size,
+                    probability=mlm_probability,
+                )
+                inputs.append(x)
+                labels.append(y)
+            input_ids = torch.from_numpy(np.stack(inputs)).to(device)
+            label_t = torch.from_numpy(np.stack(labels)).to(device)
+            select = label_t != IGNORE_INDEX
+            outside = outside_chunk_flags(input_ids, label_t, chunk)
+            logits = masked_lm_logits(net, input_ids, torch.ones_like(input_ids), select)
+            rows = torch.from_numpy(np.asarray(batch_indices, dtype=np.int64))[:, None].expand_as(select)  # (B, L)
+            metrics.update(logits, label_t[select], outside[select], rows[select] if per_example else None)
     result = {
         "model": str(model_path) if model_path else type(net).__name__,
         "data": str(cache.meta["source"].get("source")),
         "length": length,
         "split_chunk_size": chunk,
-        "num_examples": len(indices),
+        "num_examples": len(indices) - skipped,
         "seed": seed,
         "metrics": metrics.compute(),
     }
+    if memory_swap:
+        result.update(memory="swapped", skipped_examples=skipped)
     if per_example:
         result["per_example"] = {
             i: {g: c[k].tolist() for k, g in enumerate(GROUPS)} for i, c in sorted(metrics.per_example.items())
@@ -654,6 +704,11 @@ def add_mlm_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-examples", type=int, default=0, help="evenly spaced examples to use (0 = all)")
     parser.add_argument(
         "--seed", type=int, default=1234, help="masking seed (same seed = same masked tokens)"
+    )
+    parser.add_argument(
+        "--memory-swap",
+        action="store_true",
+        help="control: score each example with the memory rows of the previous one in its batch (GMAT, M > 0)",
     )
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="token cache folder")
     parser.add_argument(
@@ -685,6 +740,7 @@ def run_mlm_eval(args: argparse.Namespace) -> int:
             tokenizer=args.tokenizer,
             device=args.device,
             progress=True,
+            memory_swap=args.memory_swap,
         )
     except (OSError, ValueError) as err:  # CorpusError is a ValueError
         logger.error("%s", err)
@@ -695,7 +751,10 @@ def run_mlm_eval(args: argparse.Namespace) -> int:
         out = (
             Path(args.output)
             if args.output
-            else (Path(args.model) / f"eval-mlm-{Path(str(args.data)).stem}-L{result['length']}.json")
+            else (
+                Path(args.model)
+                / f"eval-mlm-{Path(str(args.data)).stem}-L{result['length']}{'-swap' if args.memory_swap else ''}.json"
+            )
         )
         out.write_text(text + "\n")
         logger.info("wrote %s", out)
