@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from gmat.tasks import rc
-from gmat.tasks.predict_qa import predict_answer
+from gmat.tasks.predict_qa import predict_answer, register_question_answering_pipeline
 
 SQUAD_DIR = rc.default_squad_dir()
 DEV_FILE = SQUAD_DIR / "dev-v1.1.json"
@@ -507,10 +507,42 @@ def test_train_eval_predict_end_to_end(tmp_path: Path, tiny_bert_dir: Path) -> N
     document = hand_made_squad()["data"][1]["paragraphs"][0]["context"]
     answer = predict_answer(model_dir, "who was the king of london ?", document, device="cpu")
     assert document[answer["start"] : answer["end"]] == answer["answer"] and 0.0 <= answer["score"] <= 1.0
+    # the same answer through transformers.pipeline, from the saved folder
+    from transformers import pipeline
+
+    qa_pipe = pipeline(register_question_answering_pipeline(), model=str(model_dir), device="cpu")
+    out = qa_pipe(question="who was the king of london ?", context=document)
+    assert out == {key: answer[key] for key in ("score", "start", "end", "answer")}
     with pytest.raises(ValueError, match="reads at most 128"):
         predict_answer(model_dir, "who ?", filler(0, 200), device="cpu")
     with pytest.raises(ValueError, match="document is empty"):
         predict_answer(model_dir, "who ?", "  ", device="cpu")
+
+
+def test_gmat_question_answering_pipeline_on_an_in_memory_model(tokenizer) -> None:
+    from transformers import pipeline
+
+    from gmat.modeling import GmatConfig, GmatForQuestionAnswering
+
+    torch.manual_seed(0)
+    config = GmatConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, num_memory_tokens=2,
+                        attention_pattern="chunked", chunk_size=16)
+    model = GmatForQuestionAnswering(config).eval()
+    task = register_question_answering_pipeline()
+    assert register_question_answering_pipeline() == task == "gmat-question-answering"  # idempotent
+    qa_pipe = pipeline(task, model=model, tokenizer=tokenizer, device="cpu")
+    context = "the king of london was w7 . the queen of paris was w9 ."
+    out = qa_pipe(question="who was the king of london ?", context=context, max_answer_length=3)
+    direct = predict_answer(None, "who was the king of london ?", context, max_answer_length=3, model=model,
+                            tokenizer=tokenizer, device="cpu")
+    assert out == {key: direct[key] for key in ("score", "start", "end", "answer")}
+    assert context[out["start"] : out["end"]] == out["answer"] and 0.0 <= out["score"] <= 1.0
+    assert len(tokenizer(out["answer"], add_special_tokens=False)["input_ids"]) <= 3
+    with pytest.raises(ValueError, match="question= and context="):
+        qa_pipe(question="who ?")
+    with pytest.raises(ValueError, match="model_dir is None"):
+        predict_answer(None, "who ?", context, model=model)
 
 
 def _qa_pipeline_removed() -> bool:

@@ -29,13 +29,24 @@ from gmat.tasks.rc import (
     predict_logits,
 )
 
-__all__ = ["add_cli_arguments", "cli_run", "predict_answer"]
+__all__ = [
+    "QA_PIPELINE_TASK",
+    "add_cli_arguments",
+    "cli_run",
+    "predict_answer",
+    "question_answering_pipeline_class",
+    "register_question_answering_pipeline",
+]
+
+# transformers 5 removed its extractive "question-answering" pipeline (transformers.pipelines.REMOVED_TASKS) and
+# refuses that name before looking at its registry, so ours is registered under its own name
+QA_PIPELINE_TASK = "gmat-question-answering"
 
 logger = logging.getLogger(__name__)
 
 
 def predict_answer(
-    model_dir: str | Path,
+    model_dir: str | Path | None,
     question: str,
     document: str,
     *,
@@ -47,7 +58,8 @@ def predict_answer(
     """Find the answer span to ``question`` in ``document``.
 
     Args:
-        model_dir: a saved QA model with its tokenizer (GMAT, or any ``AutoModelForQuestionAnswering``).
+        model_dir: a saved QA model with its tokenizer (GMAT, or any ``AutoModelForQuestionAnswering``); may be
+            None when ``model`` and ``tokenizer`` are given (the defaults then replace ``rc_settings.json``).
         question: the question.
         document: the document text (any length up to the model's maximum, in tokens).
         max_answer_length: longest answer in tokens (default: the model's ``rc_settings.json``, else 30).
@@ -70,9 +82,10 @@ def predict_answer(
         raise ValueError("the question is empty")
     if not document.strip():
         raise ValueError("the document is empty")
-    model_dir = Path(model_dir)
-    settings_path = model_dir / RC_SETTINGS_FILE
-    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    if model_dir is None and (model is None or tokenizer is None):
+        raise ValueError("model_dir is None: pass a saved model folder, or both model= and tokenizer=")
+    settings_path = None if model_dir is None else Path(model_dir) / RC_SETTINGS_FILE
+    settings = json.loads(settings_path.read_text()) if settings_path and settings_path.is_file() else {}
     mode = settings.get("featurization", "long")
     max_answer_length = max_answer_length or settings.get("max_answer_length", 30)
     dev = torch.device(
@@ -124,6 +137,78 @@ def predict_answer(
         "tokens": total,
         "mode": mode,
     }
+
+
+def question_answering_pipeline_class() -> type:
+    """The ``transformers.Pipeline`` subclass for extractive QA (built on first use: transformers loads lazily).
+
+    It answers like transformers 4's removed ``"question-answering"`` pipeline, ``pipe(question=..., context=...)
+    -> {"score", "start", "end", "answer"}`` with ``context[start:end] == answer``, by ``predict_answer``: a GMAT
+    model reads the whole context at once (up to its maximum length), a windowed model in windows.
+    """
+    global _PIPELINE_CLASS
+    if _PIPELINE_CLASS is not None:
+        return _PIPELINE_CLASS
+    from transformers import Pipeline
+
+    class GmatQuestionAnsweringPipeline(Pipeline):
+        _load_processor = False
+        _load_image_processor = False
+        _load_feature_extractor = False
+        _load_tokenizer = True
+
+        def __call__(self, question: str | None = None, context: str | None = None, **kwargs: Any) -> Any:
+            if question is None or context is None:
+                raise ValueError("the question-answering pipeline needs question= and context=")
+            return super().__call__({"question": question, "context": context}, **kwargs)
+
+        def _sanitize_parameters(self, max_answer_length: int | None = None, **kwargs: Any):
+            return {}, ({} if max_answer_length is None else {"max_answer_length": max_answer_length}), {}
+
+        def preprocess(self, inputs: dict[str, str]) -> dict[str, str]:
+            return inputs
+
+        def _forward(self, inputs: dict[str, str], max_answer_length: int | None = None) -> dict[str, Any]:
+            folder = self.model.name_or_path
+            return predict_answer(
+                folder if folder and Path(folder).is_dir() else None,
+                inputs["question"],
+                inputs["context"],
+                max_answer_length=max_answer_length,
+                device=self.device.type,
+                model=self.model,
+                tokenizer=self.tokenizer,
+            )
+
+        def postprocess(self, outputs: dict[str, Any]) -> dict[str, Any]:
+            return {key: outputs[key] for key in ("score", "start", "end", "answer")}
+
+    _PIPELINE_CLASS = GmatQuestionAnsweringPipeline
+    return _PIPELINE_CLASS
+
+
+_PIPELINE_CLASS: type | None = None
+
+
+def register_question_answering_pipeline() -> str:
+    """Register the QA pipeline with transformers as ``"gmat-question-answering"`` and return that name.
+
+    Then ``transformers.pipeline("gmat-question-answering", model=..., tokenizer=...)`` builds it, for GMAT or
+    any ``AutoModelForQuestionAnswering``. Nothing is registered on import; call this once.
+    """
+    from transformers import AutoModelForQuestionAnswering
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    import gmat.modeling  # noqa: F401  (registers model_type "gmat" with the Auto classes)
+
+    if QA_PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
+        PIPELINE_REGISTRY.register_pipeline(
+            QA_PIPELINE_TASK,
+            pipeline_class=question_answering_pipeline_class(),
+            pt_model=AutoModelForQuestionAnswering,
+            type="text",
+        )
+    return QA_PIPELINE_TASK
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
