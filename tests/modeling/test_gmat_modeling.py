@@ -301,3 +301,24 @@ def test_backends_agree(gmat_config, batch, tol) -> None:
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(got.logits[real], want.logits[real], **tol("backend_logits"))
     torch.testing.assert_close(got.memory_state, want.memory_state, **tol("backend_logits"))
+
+
+def test_fill_mask_pipeline_reads_the_model_logits(gmat_config, tol, tmp_path) -> None:
+    # users reach a saved masked LM through transformers' fill-mask pipeline; its scores must be our logits'
+    from transformers import BertTokenizer, pipeline
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(115))]
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+    torch.manual_seed(0)
+    model = GmatForMaskedLM(gmat_config(vocab_size=len(vocab))).eval()
+    model.save_pretrained(tmp_path / "mlm")
+    tokenizer.save_pretrained(tmp_path / "mlm")
+    fill = pipeline("fill-mask", model=str(tmp_path / "mlm"), device="cpu", top_k=5)
+    top = fill("w1 w2 w3 [MASK] w5 w6 w7 w8 w9")
+    ids = tokenizer("w1 w2 w3 [MASK] w5 w6 w7 w8 w9", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        probs = model(input_ids=ids).logits[0, 4].softmax(-1)  # [CLS] w1 w2 w3 [MASK]
+    expected = probs.topk(5)
+    assert [t["token"] for t in top] == expected.indices.tolist()
+    scores = torch.tensor([t["score"] for t in top])
+    torch.testing.assert_close(scores, expected.values, **tol("graph_rewrite"))
