@@ -45,6 +45,7 @@ RUNS = (
     "minilm-context-A256-B256-full",
     "minilm-context-A256-B256-compressed-m16",
     "minilm-context-A256-B256-none",
+    "minilm-context-A256-B256-full-m16",  # full context with the 16 memory rows the other modes have
 )
 GPU_RUNS = ("context-A2048-B512-full",)
 
