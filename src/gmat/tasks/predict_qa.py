@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import Pipeline
 
 from gmat.tasks.rc import (
     MAX_QUERY_LENGTH,
@@ -31,10 +32,10 @@ from gmat.tasks.rc import (
 
 __all__ = [
     "QA_PIPELINE_TASK",
+    "GmatQuestionAnsweringPipeline",
     "add_cli_arguments",
     "cli_run",
     "predict_answer",
-    "question_answering_pipeline_class",
     "register_question_answering_pipeline",
 ]
 
@@ -139,55 +140,47 @@ def predict_answer(
     }
 
 
-def question_answering_pipeline_class() -> type:
-    """The ``transformers.Pipeline`` subclass for extractive QA (built on first use: transformers loads lazily).
+class GmatQuestionAnsweringPipeline(Pipeline):
+    """Extractive QA as a ``transformers.Pipeline``, shaped like transformers 4's removed ``"question-answering"``.
 
-    It answers like transformers 4's removed ``"question-answering"`` pipeline, ``pipe(question=..., context=...)
-    -> {"score", "start", "end", "answer"}`` with ``context[start:end] == answer``, by ``predict_answer``: a GMAT
-    model reads the whole context at once (up to its maximum length), a windowed model in windows.
+    ``pipe(question=..., context=...) -> {"score", "start", "end", "answer"}`` with ``context[start:end] ==
+    answer``, computed by ``predict_answer``: a GMAT model reads the whole context at once (up to its maximum
+    length), a model trained on windows reads windows. Build it with ``register_question_answering_pipeline``.
     """
-    global _PIPELINE_CLASS
-    if _PIPELINE_CLASS is not None:
-        return _PIPELINE_CLASS
-    from transformers import Pipeline
 
-    class GmatQuestionAnsweringPipeline(Pipeline):
-        _load_processor = False
-        _load_image_processor = False
-        _load_feature_extractor = False
-        _load_tokenizer = True
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
 
-        def __call__(self, question: str | None = None, context: str | None = None, **kwargs: Any) -> Any:
-            if question is None or context is None:
-                raise ValueError("the question-answering pipeline needs question= and context=")
-            return super().__call__({"question": question, "context": context}, **kwargs)
+    def __call__(self, question: str | None = None, context: str | None = None, **kwargs: Any) -> Any:
+        """Answer ``question`` from ``context`` (keyword ``max_answer_length``: longest answer in tokens)."""
+        if question is None or context is None:
+            raise ValueError("the question-answering pipeline needs question= and context=")
+        return super().__call__({"question": question, "context": context}, **kwargs)
 
-        def _sanitize_parameters(self, max_answer_length: int | None = None, **kwargs: Any):
-            return {}, ({} if max_answer_length is None else {"max_answer_length": max_answer_length}), {}
+    def _sanitize_parameters(self, max_answer_length: int | None = None, **kwargs: Any):
+        return {}, ({} if max_answer_length is None else {"max_answer_length": max_answer_length}), {}
 
-        def preprocess(self, inputs: dict[str, str]) -> dict[str, str]:
-            return inputs
+    def preprocess(self, inputs: dict[str, str]) -> dict[str, str]:
+        """Nothing to do: ``predict_answer`` tokenises and builds the features in ``_forward``."""
+        return inputs
 
-        def _forward(self, inputs: dict[str, str], max_answer_length: int | None = None) -> dict[str, Any]:
-            folder = self.model.name_or_path
-            return predict_answer(
-                folder if folder and Path(folder).is_dir() else None,
-                inputs["question"],
-                inputs["context"],
-                max_answer_length=max_answer_length,
-                device=self.device.type,
-                model=self.model,
-                tokenizer=self.tokenizer,
-            )
+    def _forward(self, inputs: dict[str, str], max_answer_length: int | None = None) -> dict[str, Any]:
+        folder = self.model.name_or_path  # where rc_settings.json may be; "" for a model built in memory
+        return predict_answer(
+            folder if folder and Path(folder).is_dir() else None,
+            inputs["question"],
+            inputs["context"],
+            max_answer_length=max_answer_length,
+            device=self.device.type,
+            model=self.model,
+            tokenizer=self.tokenizer,
+        )
 
-        def postprocess(self, outputs: dict[str, Any]) -> dict[str, Any]:
-            return {key: outputs[key] for key in ("score", "start", "end", "answer")}
-
-    _PIPELINE_CLASS = GmatQuestionAnsweringPipeline
-    return _PIPELINE_CLASS
-
-
-_PIPELINE_CLASS: type | None = None
+    def postprocess(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        """The fields of transformers' question-answering pipeline."""
+        return {key: outputs[key] for key in ("score", "start", "end", "answer")}
 
 
 def register_question_answering_pipeline() -> str:
@@ -204,7 +197,7 @@ def register_question_answering_pipeline() -> str:
     if QA_PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
         PIPELINE_REGISTRY.register_pipeline(
             QA_PIPELINE_TASK,
-            pipeline_class=question_answering_pipeline_class(),
+            pipeline_class=GmatQuestionAnsweringPipeline,
             pt_model=AutoModelForQuestionAnswering,
             type="text",
         )
