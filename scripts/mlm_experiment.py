@@ -40,6 +40,12 @@ RUNS = (
     "scratch-L1024-C256-m16",
     "minilm-L1024-C128-m0-seed1",  # the MiniLM seed spread, and M=16 vs M=0 again with another seed
     "minilm-L1024-C128-m16-seed1",
+    "scratch-L4096-window128-m16",  # the rest of the L = 4096 grid; all paired with scratch-L4096-C256-m0
+    "scratch-L4096-C256-m64",
+    "scratch-L4096-C128-m0",
+    "scratch-L4096-C128-m16",
+    "scratch-L1024-C256-m64",  # completes chunked C x M in {0, 16, 64} at both lengths
+    "scratch-L4096-C128-m64",
 )
 EVAL_TOKENS = 65_536
 RUNS_DIR = REPO / "runs" / "mlm"

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gmat.tasks.rc import is_rc_config, load_rc_config
 from gmat.training.config import apply_overrides, config_to_dict, load_config, parse_config
 
 from .conftest import tiny_config_dict
@@ -52,9 +53,11 @@ def test_set_overrides_from_yaml(tmp_path):
 
 
 def test_checked_in_configs_parse_and_document_their_command():
-    paths = sorted((REPO / "configs" / "synthetic").glob("*.yaml"))
-    assert paths
+    paths = sorted((REPO / "configs").glob("*/*.yaml"))
+    assert len({path.parent.name for path in paths}) >= 4
     for path in paths:
+        relative = path.relative_to(REPO)
         first = path.read_text().splitlines()[0]
-        assert first.startswith("#") and "gmat train" in first, path
-        load_config(path)
+        assert first.startswith(f"# gmat train {relative.as_posix()}"), path
+        config = load_rc_config(path) if is_rc_config(path) else load_config(path)
+        assert config.run_dir == f"runs/{path.parent.name}/{path.stem}", path  # no two configs share a run
