@@ -391,3 +391,72 @@ def test_evaluate_mlm_memory_swap(task, tmp_path):
     written = json.loads((tmp_path / "model" / "eval-mlm-v-L32-swap.json").read_text())
     assert written["memory"] == "swapped"
     assert written["metrics"]["all"]["loss"] == pytest.approx(swapped["metrics"]["all"]["loss"], rel=1e-5)
+
+
+def test_a_trained_mlm_folder_is_self_contained(task, tmp_path):
+    # gmat train writes the tokenizer next to every checkpoint's weights: fill-mask and gmat eval mlm need
+    # nothing but the folder, and the eval reuses the training run's token cache (same tokenizer fingerprint)
+    from transformers import pipeline
+
+    from gmat.training.config import parse_config
+    from gmat.training.loop import train
+
+    spec = task.spec
+    config = parse_config(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "task": {
+                "name": "mlm",
+                "train_data": spec.train_data,
+                "eval_data": spec.eval_data,
+                "cache_dir": spec.cache_dir,
+                "seq_len": 32,
+                "eval_size": 2,
+                "split_chunk_size": 8,
+            },
+            "model": {
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+                "num_memory_tokens": 2,
+                "chunk_size": 8,
+            },
+            "train": {
+                "steps": 2,
+                "batch_size": 2,
+                "eval_every": 2,
+                "save_every": 2,
+                "progress": False,
+                "num_threads": 1,
+            },
+        }
+    )
+    train(config)
+    caches = sorted((tmp_path / "cache").iterdir())
+    for folder in (tmp_path / "run" / "best", tmp_path / "run" / "checkpoints" / "step_00000002"):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert {"tokenizer.json", "tokenizer_config.json"} <= set(manifest), folder
+        saved = WordPieceTokenizer(folder)
+        assert saved.fingerprint() == task.tokenizer.fingerprint()
+        assert saved.encode_batch(["alpha river omega"]) == task.tokenizer.encode_batch(["alpha river omega"])
+    best = tmp_path / "run" / "best"
+    evaluate_mlm(best, spec.eval_data, length=32, batch_size=2, cache_dir=spec.cache_dir)
+    assert sorted((tmp_path / "cache").iterdir()) == caches  # no second tokenisation of the eval corpus
+
+    fill = pipeline("fill-mask", model=str(best), device="cpu", top_k=3)
+    assert fill.tokenizer.model_max_length == 32
+    top = fill("alpha beta [MASK] delta")
+    ids = [
+        [
+            task.special.cls,
+            *task.tokenizer.encode_batch(["alpha beta"])[0],
+            task.special.mask,
+            *task.tokenizer.encode_batch(["delta"])[0],
+            task.special.sep,
+        ]
+    ]
+    model = fill.model
+    with torch.no_grad():
+        probs = model(input_ids=torch.tensor(ids)).logits[0, 3].softmax(-1)
+    assert [t["token"] for t in top] == probs.topk(3).indices.tolist()

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 import textwrap
@@ -121,3 +122,17 @@ def test_state_loading_never_unpickles_arbitrary_objects(tmp_path):
     ckpt._write_manifest(path)
     with pytest.raises(CheckpointError, match="state.pt"):
         load_training_state(path)
+
+
+def test_extra_files_are_saved_atomically_and_listed_in_the_manifest(tmp_path):
+    files = {"tokenizer.json": b'{"a": 1}', "tokenizer_config.json": b"{}"}
+    path = save_checkpoint(tmp_path / "ckpt", 1, _model(0), _state(1), files=files)
+    weights = ckpt.save_weights(tmp_path / "best", _model(0), files)
+    for folder in (path, weights):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for name, data in files.items():
+            assert (folder / name).read_bytes() == data and manifest[name]["bytes"] == len(data)
+    for bad in ("model.safetensors", "state.pt", "manifest.json", "../escape.json", "sub/x.json", ".hidden"):
+        with pytest.raises(ValueError, match="files"):
+            ckpt.save_weights(tmp_path / "bad", _model(0), {bad: b"x"})
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "escape.json").exists()

@@ -251,8 +251,33 @@ class WordPieceTokenizer:
         )
 
     def fingerprint(self) -> str:
-        """sha256 of the tokenizer file (part of the cache key)."""
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        """sha256 of the tokenizer's canonical serialisation (part of the cache key).
+
+        The same tokenizer saved by ``transformers_files`` into a model folder has the same fingerprint as the
+        file it was read from, so evaluating a saved model reuses the training run's token cache.
+        """
+        return hashlib.sha256(self._tok.to_str().encode()).hexdigest()
+
+    def transformers_files(self, model_max_length: int) -> dict[str, bytes]:
+        """The files of this tokenizer as a ``transformers`` tokenizer folder: ``{file name: contents}``.
+
+        Written next to a model's weights, they make the folder self-contained: ``AutoTokenizer`` and
+        ``pipeline("fill-mask", model=DIR)`` load them, and ``WordPieceTokenizer(DIR)`` gives the same ids.
+
+        Args:
+            model_max_length: the longest input the model takes (its L), recorded for ``transformers``.
+        """
+        from transformers import PreTrainedTokenizerFast
+
+        s = self.special
+        hf = PreTrainedTokenizerFast(
+            tokenizer_object=self._tok,
+            **{f"{k}_token": self._tok.id_to_token(getattr(s, k)) for k in ("pad", "unk", "cls", "sep", "mask")},
+            model_max_length=model_max_length,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            hf.save_pretrained(tmp)
+            return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens."""

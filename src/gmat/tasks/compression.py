@@ -129,6 +129,10 @@ class CompressionTask:
         s = self.spec
         return s.seq_len if s.name == "reconstruction" else s.context_len + s.seq_len
 
+    def checkpoint_files(self) -> dict[str, bytes]:
+        """The tokenizer's files, saved next to every checkpoint's weights (the folder is then self-contained)."""
+        return self.tokenizer.transformers_files(model_max_length=self.window)
+
     def examples(self, split: str) -> PackedExamples:
         """Return the packed windows of ``split``, tokenising the corpus on first use."""
         if split not in self._packed:

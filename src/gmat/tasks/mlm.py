@@ -377,6 +377,10 @@ class MLMTask:
         self.special = self.tokenizer.special
         self._packed: dict[str, PackedExamples] = {}
 
+    def checkpoint_files(self) -> dict[str, bytes]:
+        """The tokenizer's files, saved next to every checkpoint's weights (the folder is then self-contained)."""
+        return self.tokenizer.transformers_files(model_max_length=self.spec.seq_len)
+
     def examples(self, split: str) -> PackedExamples:
         """Return the packed examples of ``split`` (train, eval or test), tokenising on first use."""
         if split not in self._packed:

@@ -164,6 +164,10 @@ class SyntheticTask:
         p = self._majority_top_count() / s.seq_len  # positive rate, fixed by construction
         return 2 * p / (1 + p)
 
+    def checkpoint_files(self) -> dict[str, bytes]:
+        """Files saved next to a checkpoint's weights: none (synthetic token ids need no tokenizer)."""
+        return {}
+
     # ---- generation ------------------------------------------------------------------------------------
     def _rng(self, split: str, index: int) -> np.random.Generator:
         if split not in _SPLIT_IDS:

@@ -6,6 +6,7 @@ Layout of a checkpoint directory (``RUN_DIR/checkpoints/step_00000300/``)::
     config.json         the GmatConfig, so the directory also loads with ``from_pretrained``
     state.pt            optimizer, scheduler, RNG and data-position state; tensors and plain Python
                         containers only, read with ``torch.load(weights_only=True)``
+    tokenizer.json ...  the task's extra files, if any (``files=``; MLM and compression save their tokenizer)
     manifest.json       SHA-256 and size of every file above, written last
 
 Writing is atomic: everything goes to a hidden temporary directory next to the target, each file is
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "LATEST"
 _TMP_PREFIX = ".tmp-"
+_RESERVED = (MODEL_FILE, STATE_FILE, CONFIG_FILE, MANIFEST_FILE, LATEST_FILE)
 
 
 class CheckpointError(RuntimeError):
@@ -136,17 +139,23 @@ def _verify(directory: Path, names: tuple[str, ...]) -> None:
 
 
 # ---- save ------------------------------------------------------------------------------------------------
-def save_weights(directory: str | Path, model: torch.nn.Module) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` (+ manifest) atomically into ``directory``.
+def save_weights(directory: str | Path, model: torch.nn.Module, files: Mapping[str, bytes] | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (+ ``files`` + manifest) atomically into ``directory``.
 
     ``directory`` is replaced as a whole; the result loads with ``load_model_weights`` and with
-    ``model.from_pretrained``.
+    ``model.from_pretrained``. ``files`` (``{file name: contents}``, e.g. the tokenizer's) are written next to
+    the weights and listed in the manifest.
     """
-    return _save_dir(Path(directory), model, state=None)
+    return _save_dir(Path(directory), model, state=None, files=files)
 
 
 def save_checkpoint(
-    root: str | Path, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int = 2
+    root: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    keep: int = 2,
+    files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write the resumable checkpoint of ``step`` under ``root`` and point ``root/LATEST`` at it.
 
@@ -156,13 +165,14 @@ def save_checkpoint(
         model: the (unwrapped) model whose weights to save.
         state: optimizer/scheduler/RNG/data state: tensors and plain Python containers only.
         keep: how many step checkpoints to keep (older ones are deleted after the pointer moves; 0 keeps all).
+        files: extra ``{file name: contents}`` written next to the weights (as in ``save_weights``).
 
     Returns:
         The checkpoint directory.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = _save_dir(root / f"step_{step:08d}", model, state)
+    final = _save_dir(root / f"step_{step:08d}", model, state, files)
     atomic_write_text(root / LATEST_FILE, final.name + "\n")
     if keep > 0:
         for old in sorted(root.glob("step_*"))[:-keep]:
@@ -171,7 +181,13 @@ def save_checkpoint(
     return final
 
 
-def _save_dir(final: Path, model: torch.nn.Module, state: dict[str, Any] | None) -> Path:
+def _save_dir(
+    final: Path, model: torch.nn.Module, state: dict[str, Any] | None, files: Mapping[str, bytes] | None
+) -> Path:
+    files = dict(files or {})
+    for name in files:
+        if name in _RESERVED or Path(name).name != name or name.startswith("."):
+            raise ValueError(f"files: {name!r} is not a plain file name free to use next to the weights")
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f"{_TMP_PREFIX}*"):  # leftovers of a save that was killed
         if stale.is_dir():
@@ -191,6 +207,9 @@ def _save_dir(final: Path, model: torch.nn.Module, state: dict[str, Any] | None)
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+        _fsync_file(tmp / name)
     _write_manifest(tmp)
     _fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. after a resume): move the old one aside first

@@ -12,7 +12,9 @@ Run directory (rank 0 writes it)::
     RUN_DIR/results.json      final and best metrics, timings
     RUN_DIR/curves.png        training loss and evaluation metric against step
     RUN_DIR/checkpoints/      resumable step checkpoints + LATEST pointer (see checkpoint.py)
-    RUN_DIR/best/             weights with the best evaluation metric (loads with from_pretrained)
+    RUN_DIR/best/             weights with the best evaluation metric (loads with from_pretrained); like every
+                              checkpoint, it also holds the task's tokenizer when the task has one (MLM,
+                              compression), so ``pipeline("fill-mask", model=RUN_DIR/best)`` needs nothing else
 
 Resuming restores weights, optimizer, scheduler, the RNG states of torch / Python / NumPy and the data
 position (the step: data are a function of the global example index), so a stopped and resumed run
@@ -311,6 +313,7 @@ def _train(config: RunConfig, info: DistInfo, *, resume: bool, stop_after: int |
     device = info.device
     task = make_any_task(config.task)
     L = config.task.seq_len  # noqa: N806 (shape letter)
+    files = task.checkpoint_files()  # saved next to every checkpoint's weights (the tokenizer, if any)
 
     # ---- model, optimizer, schedule ----------------------------------------------------------------------
     _seed_everything(tc.seed)
@@ -385,7 +388,7 @@ def _train(config: RunConfig, info: DistInfo, *, resume: bool, stop_after: int |
                 "rng": _rng_state(),
                 "examples_seen": step * tc.batch_size,
             }
-            save_checkpoint(ckpt_root, step, model, state, keep=tc.keep_checkpoints)
+            save_checkpoint(ckpt_root, step, model, state, keep=tc.keep_checkpoints, files=files)
         barrier(info)
 
     # ---- loop --------------------------------------------------------------------------------------------
@@ -459,7 +462,7 @@ def _train(config: RunConfig, info: DistInfo, *, resume: bool, stop_after: int |
             if best is None or last_eval[metric_name] > best["value"]:
                 best = {"step": step, "metric": metric_name, "value": last_eval[metric_name]}
                 if info.is_main and tc.save_checkpoints:
-                    save_weights(run_dir / "best", model)
+                    save_weights(run_dir / "best", model, files)
                     atomic_write_text(run_dir / "best" / "best.json", json.dumps(best) + "\n")
             logger.debug("step %d eval %s", step, last_eval)
 
