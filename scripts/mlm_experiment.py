@@ -46,6 +46,8 @@ RUNS = (
     "scratch-L4096-C128-m16",
     "scratch-L1024-C256-m64",  # completes chunked C x M in {0, 16, 64} at both lengths
     "scratch-L4096-C128-m64",
+    "scratch-L4096-C256-m0-seed1",  # the seed spread at L = 4096, and M=16 vs M=0 again with another seed
+    "scratch-L4096-C256-m16-seed1",
 )
 EVAL_TOKENS = 65_536
 RUNS_DIR = REPO / "runs" / "mlm"
