@@ -48,9 +48,11 @@ RUNS = (
     "scratch-L4096-C128-m64",
     "scratch-L4096-C256-m0-seed1",  # the seed spread at L = 4096, and M=16 vs M=0 again with another seed
     "scratch-L4096-C256-m16-seed1",
+    "scratch-L4096-window128-m0",  # is window + M's deficit at L = 4096 the window or the memory?
 )
 EVAL_TOKENS = 65_536
 RUNS_DIR = REPO / "runs" / "mlm"
+SMOOTH = 0.8  # decay of the plotted moving average of the logged training losses (one every 10 steps)
 # what the other runs are paired with: the chunked M=0 run of the same start (scratch / minilm) and length
 BASELINE = {
     ("scratch", 1024): "scratch-L1024-C128-m0",
@@ -175,20 +177,32 @@ def _curves(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["start"], r["length"]) for r in rows}, reverse=True)  # (start, L)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
     for ax, (start, length) in zip(axes[0], panels):
         for row in (r for r in rows if (r["start"], r["length"]) == (start, length)):
             records = [json.loads(x) for x in (RUNS_DIR / row["setting"] / "metrics.jsonl").open()]
-            train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
+            steps, losses = zip(*[(r["step"], r["loss"]) for r in records if r["split"] == "train"])
+            # an exponential moving average (decay SMOOTH): single batches are too noisy to compare runs
+            smooth, ema = [], None
+            for loss in losses:
+                ema = loss if ema is None else SMOOTH * ema + (1 - SMOOTH) * loss
+                smooth.append(ema)
             evals = [(r["step"], r["mlm_loss"]) for r in records if r["split"] == "eval"]
             seed = row["setting"].partition("-seed")[2]
             label = f"{row['pattern']}, M={row['num_memory']}" + (f" (seed {seed})" if seed else "")
-            (line,) = ax.plot(*zip(*train), lw=0.6, alpha=0.5)
-            ax.plot(*zip(*evals), marker="o", color=line.get_color(), label=label)
+            (line,) = ax.plot(steps, smooth, lw=1.2, label=label)
+            ax.plot(*zip(*evals), ls="none", marker="o", ms=4, color=line.get_color())
         title = "MLM from scratch" if start == "scratch" else "converted MiniLM, fine-tuned"
         ax.set(title=f"{title}, L={length}", xlabel="step", ylabel="loss (nats / masked token)")
+        ax.text(
+            0.02,
+            0.02,
+            "lines: training loss (moving average); dots: eval on 8-32 examples",
+            fontsize=7,
+            transform=ax.transAxes,
+        )
         ax.set_ylim(top=8.0 if start == "scratch" else 11.0)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "mlm-curves.png", dpi=110)
     plt.close(fig)
