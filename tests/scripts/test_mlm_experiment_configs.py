@@ -24,23 +24,27 @@ def experiment():
     return load_script("scripts/mlm_experiment.py")
 
 
+@pytest.fixture(scope="module")
+def configs():
+    """``{name: RunConfig}`` of every configs/mlm file."""
+    return {path.stem: load_config(path) for path in CONFIGS}
+
+
 def _start(config) -> str:
     return "minilm" if config.task.pretrained else "scratch"
 
 
-def test_every_config_is_a_run_and_every_run_has_a_config(experiment):
-    names = {path.stem for path in CONFIGS}
+def test_every_config_is_a_run_and_every_run_has_a_config(experiment, configs):
     runs = set(experiment.RUNS)
     assert len(runs) == len(experiment.RUNS), "a run is listed twice"
-    assert {run.partition("-seed")[0] for run in runs} == names
+    assert {run.partition("-seed")[0] for run in runs} == set(configs)
 
 
-def test_each_group_shares_budget_data_split_and_model_size(experiment):
+def test_each_group_shares_budget_data_split_and_model_size(experiment, configs):
     groups = defaultdict(list)
-    for path in CONFIGS:
-        config = load_config(path)
-        assert config.run_dir == f"runs/mlm/{path.stem}", path
-        groups[(_start(config), config.task.seq_len)].append((path.stem, config))
+    for name, config in configs.items():
+        assert config.run_dir == f"runs/mlm/{name}", name
+        groups[(_start(config), config.task.seq_len)].append((name, config))
     assert set(groups) == set(experiment.BASELINE)
     for key, members in groups.items():
         base = dict(members)[experiment.BASELINE[key]]
@@ -54,11 +58,10 @@ def test_each_group_shares_budget_data_split_and_model_size(experiment):
                     assert getattr(config.model, field) == getattr(base.model, field), (name, field)
 
 
-def test_the_grid_of_the_issue_is_complete():
+def test_the_grid_of_the_issue_is_complete(configs):
     """L in {1024, 4096} x C in {128, 256} x M in {0, 16, 64} from scratch, and window + M at both lengths."""
     chunked, window = set(), set()
-    for path in CONFIGS:
-        config = load_config(path)
+    for config in configs.values():
         if _start(config) != "scratch":
             continue
         m = config.model
