@@ -113,11 +113,11 @@ def _cached_per_split(run_dir: Path, config, suffix: str, compute) -> dict[str, 
     """
     missing = [split for split in ("eval", "test") if not (run_dir / f"eval-{split}-{suffix}.json").is_file()]
     if missing:
+        from gmat.tasks.registry import create_task
         from gmat.training.checkpoint import latest_checkpoint, load_model_weights
-        from gmat.training.loop import build_model, make_any_task
 
-        task = make_any_task(config.task)
-        model = build_model(config, task)
+        task = create_task(config.task)
+        model = task.build_model(config.model)
         load_model_weights(latest_checkpoint(run_dir / "checkpoints"), model)
         for split in missing:
             result = compute(model, task, split)

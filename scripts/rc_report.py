@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from experiment_runs import mean_two_se
 
-from gmat.tasks.rc import DISTANCE_BUCKETS, distance_bucket, write_rc_report
+from gmat.tasks.rc import DISTANCE_BUCKETS, distance_bucket
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = tuple(
@@ -32,6 +34,106 @@ RUNS = tuple(
         "gmat-window-m16-l1024",
     )
 )
+
+
+REPORT_FIELDS = (
+    "model",
+    "num_memory",
+    "pattern",
+    "length",
+    "em",
+    "f1",
+    "budget",
+    "eval_questions",
+    "train_questions",
+    "train_seconds",
+    "eval_seconds",
+    "hardware",
+    "by_distance",
+    "answers_truncated",
+    "run_dir",
+)
+
+
+def report_row(results: dict, run_dir: str | Path) -> dict:
+    """The report row of one finished run's ``results.json`` (``gmat train``'s, or an older flat one)."""
+    if "config" in results and "eval" in results and "em" not in results:  # the training loop's results
+        config, ev = results["config"], results["eval"]
+        task, model, train = config["task"], config["model"], config["train"]
+        pattern = model["attention_pattern"] + ("-windows" if task["featurization"] == "windows" else "")
+        budget = (
+            f"{task['train_questions'] or 'all'} train questions, {results['steps_done']} steps of "
+            f"{train['batch_size']}; {results['train_seconds']:.0f} s training on {results.get('hardware', '?')}"
+        )
+        results = {
+            "model": config.get("name") or Path(run_dir).name,
+            "num_memory": model["num_memory_tokens"],
+            "pattern": pattern,
+            "length": task["length"],
+            "em": ev["em"],
+            "f1": ev["f1"],
+            "budget": budget,
+            "eval_questions": ev["count"],
+            "train_questions": task["train_questions"],
+            "train_seconds": results["train_seconds"],
+            "hardware": results.get("hardware"),
+            "by_distance": ev["by_distance"],
+            "answers_truncated": ev.get("answers_truncated"),
+        }
+    row = {k: results[k] for k in REPORT_FIELDS if k in results}
+    row["run_dir"] = str(run_dir)
+    return row
+
+
+def plot_f1_by_distance(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+    """Plot F1 against the answer's distance bucket, one line per report row (needs ``by_distance``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [distance_bucket(lo) for lo, _ in DISTANCE_BUCKETS]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for row in rows:
+        bd = row.get("by_distance") or {}
+        xs = [i for i, b in enumerate(labels) if b in bd]
+        ax.plot(xs, [bd[labels[i]]["f1"] for i in xs], "o-", label=f"{row['model']} (L={row['length']})")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set(
+        xlabel="answer distance from the question (chunks of 128 tokens)",
+        ylabel="F1",
+        ylim=(0, 100),
+        title=title or "F1 by answer distance",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_rc_report(
+    run_dirs: list[str | Path], json_path: str | Path, png_path: str | Path | None = None
+) -> list[dict]:
+    """Collect ``results.json`` of finished rc runs into report rows (``docs/results/rc.json``) and plot.
+
+    Raises:
+        FileNotFoundError: when a run directory has no ``results.json`` (the run did not finish).
+    """
+    rows = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: the run did not finish")
+        rows.append(report_row(json.loads(path.read_text()), run_dir))
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(rows, indent=2) + "\n")
+    if png_path is not None:
+        plot_f1_by_distance(rows, png_path)
+    return rows
 
 
 def per_question(run_dir: Path) -> dict[str, dict]:

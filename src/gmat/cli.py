@@ -1,8 +1,9 @@
-"""The ``gmat`` command: demo | train | eval | predict | bench | convert. Thin: parses arguments, calls the library.
+"""The ``gmat`` command: demo | train | eval | predict | convert. Thin: finds the subcommand's module.
 
-Each subcommand lives with the code it drives and exposes ``add_cli_arguments(parser)`` and
-``cli_run(args) -> int``; the modules are imported only when their subcommand runs. Task-specific evaluators
-(``gmat eval mlm ...``, ``gmat eval rc ...``) are nested commands with their own arguments.
+Each subcommand is a module of ``gmat.commands`` exposing ``add_cli_arguments(parser)`` and
+``cli_run(args) -> int``; a module is imported only when its subcommand runs, so ``gmat --help`` stays fast.
+Task-specific evaluators (``gmat eval mlm ...``, ``gmat eval rc ...``) are nested commands with their own
+arguments. Benchmarks are scripts outside the package (``benchmarks/``).
 """
 
 from __future__ import annotations
@@ -14,34 +15,20 @@ import sys
 
 # subcommand -> (module providing add_cli_arguments / cli_run, one-line help)
 _SUBCOMMANDS = {
-    "demo": ("gmat.training.demo", "train chunked M=0 vs GMAT on the majority task and compare"),
-    "train": ("gmat.training.run", "train a model from a YAML config"),
-    "eval": ("gmat.training.evaluate", "evaluate a saved run (or: gmat eval mlm ... / gmat eval rc ...)"),
-    "predict": ("gmat.tasks.predict_qa", "predict with a trained model (qa: the answer span in a document)"),
-    "bench": ("gmat.bench.attention", "benchmark attention engines side by side"),
-    "convert": ("gmat.modeling.convert", "convert a BERT checkpoint into a GMAT checkpoint"),
+    "demo": ("gmat.commands.demo", "train chunked M=0 vs GMAT on the majority task and compare"),
+    "train": ("gmat.commands.train", "train a model from a YAML config"),
+    "eval": ("gmat.commands.evaluate", "evaluate a saved run (or: gmat eval mlm ... / gmat eval rc ...)"),
+    "predict": ("gmat.commands.predict", "predict with a trained model (qa: the answer span in a document)"),
+    "convert": ("gmat.commands.convert", "convert a BERT checkpoint into a GMAT checkpoint"),
 }
 
 # (command, word) -> (module, add-arguments function, run function, help)
 _NESTED = {
-    ("eval", "mlm"): ("gmat.tasks.mlm", "add_mlm_eval_arguments", "run_mlm_eval",
+    ("eval", "mlm"): ("gmat.commands.evaluate", "add_mlm_arguments", "run_mlm",
                       "masked-LM loss / perplexity / accuracy of any saved model on any corpus"),
-    ("eval", "rc"): ("gmat.tasks.rc", "add_rc_eval_arguments", "run_rc_eval",
+    ("eval", "rc"): ("gmat.commands.evaluate", "add_rc_arguments", "run_rc",
                      "score a QA model on a SQuAD-format file (EM/F1 overall and by answer distance)"),
 }
-
-
-def add_override_argument(parser: argparse.ArgumentParser, example: str) -> None:
-    """Add ``--set KEY=VALUE ...`` (into ``args.overrides``; see ``gmat.training.config.apply_overrides``)."""
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override config keys, e.g. --set {example}",
-    )
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

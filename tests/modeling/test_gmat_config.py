@@ -69,16 +69,19 @@ def test_config_json_round_trip(tmp_path) -> None:
     assert loaded.num_labels == 4
 
 
-def test_pattern_fields_drop_the_size_the_pattern_does_not_use() -> None:
-    from types import SimpleNamespace
+def test_one_pattern_rule_names_the_callers_keys_and_fills_the_default_size() -> None:
+    from gmat.modeling.factory import ModelSettings
+    from gmat.ops import AttentionPattern
 
-    from gmat.modeling import pattern_fields
-
-    window = SimpleNamespace(num_memory_tokens=4, attention_pattern="window", chunk_size=128, attention_window=32)
-    assert pattern_fields(window) == {
-        "num_memory_tokens": 4, "attention_pattern": "window", "chunk_size": None, "attention_window": 32,
-    }
-    chunked = SimpleNamespace(num_memory_tokens=0, attention_pattern="chunked", chunk_size=64, attention_window=9)
-    fields = pattern_fields(chunked)
-    assert (fields["chunk_size"], fields["attention_window"]) == (64, None)
-    assert GmatConfig(**fields).chunk_size == 64  # accepted as is
+    # the run settings, GmatConfig and AttentionPattern all go through AttentionPattern's rule
+    assert ModelSettings(attention_pattern="window").attention_window == 64  # default w, no chunk size
+    assert ModelSettings(attention_pattern="window").chunk_size is None
+    assert ModelSettings(attention_pattern="chunked").chunk_size == 128
+    with pytest.raises(ValueError, match=r"^model\.chunk_size is only valid for model\.attention_pattern='chunked'"):
+        ModelSettings(attention_pattern="window", chunk_size=128, attention_window=32)
+    with pytest.raises(ValueError, match=r"^GmatConfig\.attention_window must be an int >= 0"):
+        GmatConfig(attention_pattern="window", attention_window=-1)
+    with pytest.raises(ValueError, match=r"^window is required for kind='window'"):
+        AttentionPattern(num_memory=0, kind="window")
+    settings = ModelSettings(num_memory_tokens=4, attention_pattern="chunked", chunk_size=64)
+    assert GmatConfig(**settings.pattern().config_fields()).build_pattern() == settings.pattern()

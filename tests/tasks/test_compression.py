@@ -285,12 +285,11 @@ def test_compression_from_masked_lm_copies_the_weights():
 
 
 @pytest.mark.parametrize("mode", ["reconstruction", "full"])
-def test_build_compression_model_from_a_bert_checkpoint(tmp_path, mode):
+def test_compression_task_builds_its_model_from_a_bert_checkpoint(tmp_path, mode):
     from transformers import BertConfig, BertModel
 
     from gmat.modeling import GmatForMaskedLM
-    from gmat.tasks.compression import build_compression_model
-    from gmat.training.config import ModelSettings
+    from gmat.modeling.factory import ModelSettings
 
     data = corpus(tmp_path / "c.jsonl")
     name, extra = ("reconstruction", {}) if mode == "reconstruction" else ("compressed_context",
@@ -306,7 +305,7 @@ def test_build_compression_model_from_a_bert_checkpoint(tmp_path, mode):
     pattern = {"num_memory_tokens": 3, "chunk_size": 8} if mode == "reconstruction" else \
         {"num_memory_tokens": 0, "attention_pattern": "dense", "chunk_size": None}
     settings = ModelSettings(num_encoder_layers=2, num_bottleneck_layers=0, num_decoder_layers=2, **pattern)
-    model = build_compression_model(settings, task)
+    model = task.build_model(settings)
     theirs = bert.state_dict()["encoder.layer.1.attention.self.query.weight"]
     if mode == "reconstruction":
         assert isinstance(model, GmatForCompression) and model.config.num_memory_tokens == 3

@@ -1,23 +1,24 @@
 import argparse
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from gmat.commands.evaluate import add_mlm_arguments as add_mlm_eval_arguments
+from gmat.commands.evaluate import run_mlm as run_mlm_eval
 from gmat.data import CorpusError, SpecialTokens, WordPieceTokenizer
+from gmat.modeling.factory import ModelSettings
+from gmat.modeling.probes import swapped_memory
 from gmat.tasks.mlm import (
     IGNORE_INDEX,
     MLMMetrics,
     MLMTask,
     MLMTaskSpec,
-    add_mlm_eval_arguments,
-    build_mlm_model,
     evaluate_mlm,
     mask_tokens,
     outside_chunk_flags,
-    run_mlm_eval,
-    swapped_memory,
 )
 
 SPECIAL = SpecialTokens(pad=0, unk=100, cls=101, sep=102, mask=103)
@@ -180,7 +181,7 @@ def test_missing_test_corpus_is_a_clear_error(task):
 
 
 def tiny_model(task, **kw):
-    settings = argparse.Namespace(
+    settings = ModelSettings(
         hidden_size=32,
         num_hidden_layers=1,
         num_attention_heads=2,
@@ -193,7 +194,7 @@ def tiny_model(task, **kw):
         attention_window=None,
         attn_backend="auto",
     )
-    return build_mlm_model(settings, task), settings
+    return task.build_model(settings), settings
 
 
 def test_evaluate_mlm_saved_model_and_cli(task, tmp_path, capsys):
@@ -263,12 +264,12 @@ def test_build_mlm_model_from_a_pretrained_checkpoint_checks_the_pattern(task, t
     model.save_pretrained(tmp_path / "ckpt")
     spec = MLMTaskSpec(**{**vars(task.spec), "pretrained": str(tmp_path / "ckpt")})
     pre_task = MLMTask(spec, progress=False)
-    loaded = build_mlm_model(settings, pre_task)
+    loaded = pre_task.build_model(settings)
     assert torch.equal(
         loaded.gmat.embeddings.word_embeddings.weight, model.gmat.embeddings.word_embeddings.weight
     )
-    with pytest.raises(ValueError, match="pretrained checkpoint"):
-        build_mlm_model(argparse.Namespace(**{**vars(settings), "num_memory_tokens": 5}), pre_task)
+    with pytest.raises(ValueError, match="task.pretrained=.* has pattern"):
+        pre_task.build_model(dataclasses.replace(settings, num_memory_tokens=5))
 
 
 def test_one_training_step_through_the_task(task):
@@ -316,7 +317,7 @@ def test_build_mlm_model_converts_a_bert_checkpoint_with_the_run_settings(task, 
     bert.save_pretrained(tmp_path / "bert")
     _, settings = tiny_model(task, m=3)
     spec = MLMTaskSpec(**{**vars(task.spec), "pretrained": str(tmp_path / "bert")})
-    model = build_mlm_model(settings, MLMTask(spec, progress=False))
+    model = MLMTask(spec, progress=False).build_model(settings)
     c = model.config
     assert (c.num_memory_tokens, c.attention_pattern, c.chunk_size, c.max_position_embeddings) == (3, "chunked", 8, 32)
     assert c.sparse_prediction
@@ -332,7 +333,7 @@ def test_build_mlm_model_converts_a_bert_checkpoint_with_the_run_settings(task, 
     BertModel(BertConfig(vocab_size=50, **bert_config)).save_pretrained(tmp_path / "small-vocab")
     spec = MLMTaskSpec(**{**vars(task.spec), "pretrained": str(tmp_path / "small-vocab")})
     with pytest.raises(ValueError, match="vocabulary of 50"):
-        build_mlm_model(settings, MLMTask(spec, progress=False))
+        MLMTask(spec, progress=False).build_model(settings)
 
 
 def test_swapped_memory_feeds_each_example_the_previous_examples_memory():

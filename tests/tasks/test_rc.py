@@ -11,15 +11,21 @@ import argparse
 import gzip
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from gmat.cli import main as gmat_main
+from gmat.commands.evaluate import run_rc as run_rc_eval
 from gmat.tasks import rc
 from gmat.tasks.predict_qa import predict_answer, register_question_answering_pipeline
+from gmat.training.config import load_config
+from repo_scripts import load_script
 
-SQUAD_DIR = rc.default_squad_dir()
+REPO = Path(__file__).resolve().parents[2]
+SQUAD_DIR = Path(os.environ.get("GMAT_SQUAD_DIR", REPO.parent / "shared" / "data" / "squad"))
 DEV_FILE = SQUAD_DIR / "dev-v1.1.json"
 needs_dev = pytest.mark.skipif(not DEV_FILE.is_file(), reason=f"{DEV_FILE} not found (set GMAT_SQUAD_DIR)")
 
@@ -396,28 +402,34 @@ def test_distance_buckets_and_scores() -> None:
 def test_rc_config_validation(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("task: {name: rc, length: 1024}\nmodel: {num_memory_tokens: 16}\n")
-    assert rc.is_rc_config(path)
-    config = rc.load_rc_config(path, ["train.lr=3e-4", "task.length=article"])
+    config = load_config(path, ["train.lr=3e-4", "task.length=article", "task.max_length=2048"])
+    assert isinstance(config.task, rc.RCTaskSettings)
     assert (
         config.train.lr == 3e-4 and config.task.length == "article" and config.model.num_memory_tokens == 16
     )
+    assert config.task.model_length == 2048
     path.write_text("task: {name: rc, lenght: 1024}\n")
     with pytest.raises(ValueError, match="task.lenght"):
-        rc.load_rc_config(path)
+        load_config(path)
     path.write_text("task: {name: rc, length: 1024.5}\n")
     with pytest.raises(ValueError, match="task.length"):
-        rc.load_rc_config(path)
-    path.write_text("task: {name: majority}\n")
-    assert not rc.is_rc_config(path)
+        load_config(path)
+    path.write_text("task: {name: rc, length: article}\n")
+    with pytest.raises(ValueError, match="task.max_length"):
+        load_config(path)
+    windows = rc.RCTaskSettings(length=1024, featurization="windows")
+    assert (windows.model_length, windows.feature_length) == (512, 512)
+    with pytest.raises(ValueError, match="task.pretrained is required"):
+        rc.RCTask(rc.RCTaskSettings())
 
 
 def test_shipped_rc_configs_parse_and_name_their_command() -> None:
-    configs = sorted((Path(__file__).resolve().parents[2] / "configs" / "rc").glob("*.yaml"))
+    configs = sorted((REPO / "configs" / "rc").glob("*.yaml"))
     assert configs
     for path in configs:
         assert path.read_text().startswith(f"# gmat train configs/rc/{path.name}")
-        assert rc.is_rc_config(path)
-        rc.load_rc_config(path)
+        config = load_config(path)
+        assert isinstance(config.task, rc.RCTaskSettings) and config.name
 
 
 # ---- end to end with a tiny model ------------------------------------------------------------------------
@@ -449,39 +461,36 @@ def test_train_eval_predict_end_to_end(tmp_path: Path, tiny_bert_dir: Path) -> N
             {
                 "name": "tiny GMAT M=2",
                 "run_dir": str(tmp_path / "run"),
-                "task": {"name": "rc", "train_file": str(data), "eval_file": str(data), "length": 96},
-                "model": {
-                    "init": str(tiny_bert_dir),
-                    "num_memory_tokens": 2,
-                    "chunk_size": 16,
+                "task": {
+                    "name": "rc",
+                    "pretrained": str(tiny_bert_dir),
+                    "train_file": str(data),
+                    "eval_file": str(data),
+                    "length": 96,
                     "max_length": 128,
                 },
-                "train": {"epochs": 2, "batch_size": 2, "lr": 1e-3, "log_every": 1, "device": "cpu"},
+                "model": {"num_memory_tokens": 2, "chunk_size": 16},
+                "train": {"steps": 4, "batch_size": 2, "lr": 1e-3, "log_every": 1, "device": "cpu",
+                          "progress": False},
             }
         )
     )
-    args = argparse.Namespace(config=str(cfg), overrides=["train.epochs=1"], resume=False, stop_after=None)
-    assert rc.run_rc_train(args) == 0
+    # RC trains through the one loop, like every task
+    assert gmat_main(["train", str(cfg), "--set", "train.steps=3"]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    for key in (
-        "model",
-        "num_memory",
-        "pattern",
-        "length",
-        "em",
-        "f1",
-        "budget",
-        "by_distance",
-        "train_seconds",
-        "hardware",
-    ):
-        assert key in results
-    assert results["num_memory"] == 2 and results["length"] == 96 and results["eval_questions"] == 4
-    rows = rc.write_rc_report([tmp_path / "run"], tmp_path / "rc.json", tmp_path / "rc.png")
+    assert results["metric"] == "f1" and results["steps_done"] == 3 and results["hardware"]
+    assert results["eval"]["count"] == 4 and 0.0 <= results["eval"]["f1"] <= 100.0
+    assert set(results["eval"]["by_distance"]) and (tmp_path / "run" / "eval" / "per_question.jsonl").is_file()
+    report = load_script("scripts/rc_report.py")
+    rows = report.write_rc_report([tmp_path / "run"], tmp_path / "rc.json", tmp_path / "rc.png")
     assert json.loads((tmp_path / "rc.json").read_text()) == rows and (tmp_path / "rc.png").stat().st_size > 0
     assert rows[0]["model"] == "tiny GMAT M=2" and rows[0]["pattern"] == "chunked"
-    model_dir = tmp_path / "run" / "model"
+    assert rows[0]["num_memory"] == 2 and rows[0]["length"] == 96 and rows[0]["eval_questions"] == 4
+    model_dir = tmp_path / "run" / "best"  # a complete QA model: weights, tokenizer, reading settings
     assert json.loads((model_dir / rc.RC_SETTINGS_FILE).read_text())["featurization"] == "long"
+    # gmat eval RUN_DIR reads an rc run like any other
+    assert gmat_main(["eval", str(tmp_path / "run"), "--split", "eval"]) == 0
+    assert gmat_main(["eval", str(tmp_path / "run"), "--split", "test"]) == 2  # no task.test_file: named error
 
     out = tmp_path / "eval"
     eval_args = argparse.Namespace(
@@ -495,14 +504,14 @@ def test_train_eval_predict_end_to_end(tmp_path: Path, tiny_bert_dir: Path) -> N
         out=str(out),
         device="cpu",
     )
-    assert rc.run_rc_eval(eval_args) == 0
+    assert run_rc_eval(eval_args) == 0
     predictions = json.loads((out / "predictions.json").read_text())
     assert sorted(predictions) == ["a0-p0", "a0-p3", "a0-p5", "a1-q0"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["count"] == 4 and 0.0 <= metrics["f1"] <= 100.0
     bad = tmp_path / "bad.json"
     bad.write_text("[]")
-    assert rc.run_rc_eval(argparse.Namespace(**{**vars(eval_args), "data": str(bad)})) == 2
+    assert run_rc_eval(argparse.Namespace(**{**vars(eval_args), "data": str(bad)})) == 2
 
     document = hand_made_squad()["data"][1]["paragraphs"][0]["context"]
     answer = predict_answer(model_dir, "who was the king of london ?", document, device="cpu")
@@ -582,3 +591,58 @@ def test_transformers_qa_pipeline_runs_a_gmat_model_on_a_short_context(tokenizer
     out = qa_pipe(question="who was the king of london ?", context=context)
     assert isinstance(out["answer"], str) and out["answer"]
     assert context[out["start"] : out["end"]] == out["answer"] and 0.0 <= out["score"] <= 1.0
+
+
+def _rc_config(tmp_path: Path, tiny_bert_dir: Path, run: str, **train) -> dict:
+    data = tmp_path / "squad.json"
+    if not data.is_file():
+        write_json(data, hand_made_squad())
+    return {
+        "run_dir": str(tmp_path / run),
+        "task": {"name": "rc", "pretrained": str(tiny_bert_dir), "train_file": str(data), "eval_file": str(data),
+                 "length": 96, "max_length": 128},
+        "model": {"num_memory_tokens": 2, "chunk_size": 16},
+        "train": {"steps": 4, "batch_size": 4, "lr": 1e-3, "log_every": 1, "eval_every": 2, "save_every": 0,
+                  "device": "cpu", "progress": False, "num_threads": 1, **train},
+    }
+
+
+def _losses(run_dir: Path) -> tuple[list[float], list[dict]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "eval"]
+
+
+def test_rc_trains_with_ddp_and_resumes_exactly(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    """The one loop gives rc what every task has: two gloo processes = one process; a resumed run = a straight one."""
+    import shutil
+
+    import torch.multiprocessing as mp
+
+    from gmat.training.config import parse_config
+    from gmat.training.loop import train
+    from training.test_loop import _ddp_worker, _free_port
+
+    # a model from a checkpoint keeps the checkpoint's dropout: none here, so one process and two see the same
+    no_dropout = tmp_path / "bert-no-dropout"
+    shutil.copytree(tiny_bert_dir, no_dropout)
+    config = json.loads((no_dropout / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (no_dropout / "config.json").write_text(json.dumps(config))
+    train(parse_config(_rc_config(tmp_path, no_dropout, "one")))
+    two = _rc_config(tmp_path, no_dropout, "two")
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), two), nprocs=2, join=True, start_method="spawn")
+    a, eval_a = _losses(tmp_path / "one")
+    b, eval_b = _losses(tmp_path / "two")
+    assert len(a) == len(b) == 4 and b == pytest.approx(a, rel=1e-4, abs=1e-5)
+    assert [e["f1"] for e in eval_a] == pytest.approx([e["f1"] for e in eval_b])
+
+    # the checkpoint's dropout (0.1) on, so the RNG state must be restored too
+    resumable = dict(grad_accum_steps=2, save_every=3)
+    stopped = parse_config(_rc_config(tmp_path, tiny_bert_dir, "stopped", **resumable))
+    assert not train(stopped, stop_after=3)["finished"]
+    train(stopped, resume=True)
+    c, eval_c = _losses(tmp_path / "stopped")
+    straight = parse_config(_rc_config(tmp_path, tiny_bert_dir, "straight", **resumable))
+    train(straight)
+    d, eval_d = _losses(tmp_path / "straight")
+    assert len(c) == 4 and c == d and eval_c == eval_d  # bit-identical

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from gmat.cli import main
-from gmat.training import demo
+from gmat.commands import demo
 
 from .conftest import tiny_config_dict
 
@@ -23,6 +23,7 @@ def test_train_then_eval_from_the_command_line(tmp_path, capsys):
     config.write_text("# gmat train tiny.yaml\n" + yaml.safe_dump(tiny_config_dict(run_dir)))
     assert main(["train", str(config), "--set", "train.steps=4", "train.eval_every=2"]) == 0
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["steps"] == 4
+    assert (run_dir / "curves.png").stat().st_size > 0  # the command draws the curves of a finished run
     assert main(["train", str(config), "--set", "train.steps=4", "--resume"]) == 0  # already done: no-op
     capsys.readouterr()
     assert main(["eval", str(run_dir), "--split", "test"]) == 0

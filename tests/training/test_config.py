@@ -3,7 +3,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gmat.tasks.rc import is_rc_config, load_rc_config
 from gmat.training.config import apply_overrides, config_to_dict, load_config, parse_config
 
 from .conftest import tiny_config_dict
@@ -59,5 +58,5 @@ def test_checked_in_configs_parse_and_document_their_command():
         relative = path.relative_to(REPO)
         first = path.read_text().splitlines()[0]
         assert first.startswith(f"# gmat train {relative.as_posix()}"), path
-        config = load_rc_config(path) if is_rc_config(path) else load_config(path)
+        config = load_config(path)
         assert config.run_dir == f"runs/{path.parent.name}/{path.stem}", path  # no two configs share a run

@@ -36,7 +36,7 @@ def test_loss_falls_on_a_tiny_task(tiny_config):
     losses, _ = _train_losses(tmp)
     assert losses[-1] < 0.7 * math.log(4), losses
     assert results["eval"]["accuracy"] > 0.5
-    assert (tmp / "results.json").is_file() and (tmp / "curves.png").is_file()
+    assert (tmp / "results.json").is_file()  # curves.png is drawn by `gmat train` (tests/training/test_cli_training.py)
     assert latest_checkpoint(tmp / "checkpoints").name == "step_00000060"
     assert (tmp / "best" / "model.safetensors").is_file()
 

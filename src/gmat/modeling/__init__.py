@@ -1,4 +1,4 @@
-"""GMAT models in Hugging Face form, and BERT → GMAT conversion (DESIGN.md §2).
+"""GMAT models in Hugging Face form, BERT → GMAT conversion, and the factory every run builds its model with.
 
 Importing this package registers ``model_type="gmat"`` with ``AutoConfig`` and the ``AutoModel*`` classes
 (``AutoModel``, ``AutoModelForMaskedLM``, ``AutoModelForSequenceClassification``,
@@ -15,7 +15,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
-from gmat.modeling.configuration_gmat import GmatConfig, pattern_fields
+from gmat.modeling.configuration_gmat import GmatConfig
 from gmat.modeling.convert import convert_bert_to_gmat
 from gmat.modeling.modeling_gmat import (
     GmatForMaskedLM,
@@ -37,7 +37,6 @@ __all__ = [
     "GmatModelOutput",
     "GmatPreTrainedModel",
     "convert_bert_to_gmat",
-    "pattern_fields",
 ]
 
 AutoConfig.register(GmatConfig.model_type, GmatConfig, exist_ok=True)

@@ -22,12 +22,9 @@ from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 
-from gmat.ops import PATTERN_KINDS, AttentionPattern, list_backends
+from gmat.ops import AttentionPattern, list_backends
 
-__all__ = ["GmatConfig", "pattern_fields"]
-
-DEFAULT_CHUNK_SIZE = 128  # C when attention_pattern="chunked" and chunk_size is not given
-DEFAULT_ATTENTION_WINDOW = 64  # w when attention_pattern="window": a band of 2w+1 ≈ one 128-chunk
+__all__ = ["GmatConfig"]
 
 
 def _require_int(name: str, value: object, minimum: int) -> None:
@@ -107,10 +104,14 @@ class GmatConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs: Any) -> None:
         """Fill pattern-dependent defaults, validate the fields, then run ``PretrainedConfig``'s init."""
-        if self.attention_pattern == "chunked" and self.chunk_size is None:
-            self.chunk_size = DEFAULT_CHUNK_SIZE
-        if self.attention_pattern == "window" and self.attention_window is None:
-            self.attention_window = DEFAULT_ATTENTION_WINDOW
+        pattern = AttentionPattern.from_fields(  # the pattern rule and its size defaults live in gmat.ops
+            self.num_memory_tokens,
+            self.attention_pattern,
+            self.chunk_size,
+            self.attention_window,
+            prefix="GmatConfig.",
+        )
+        self.chunk_size, self.attention_window = pattern.chunk_size, pattern.window
         self._check_fields()
         super().__post_init__(**kwargs)
 
@@ -125,7 +126,6 @@ class GmatConfig(PretrainedConfig):
             "type_vocab_size",
         ):
             _require_int(name, getattr(self, name), 1)
-        _require_int("num_memory_tokens", self.num_memory_tokens, 0)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"GmatConfig.hidden_size={self.hidden_size} must be divisible by "
@@ -135,25 +135,6 @@ class GmatConfig(PretrainedConfig):
             _require_prob(name, getattr(self, name))
         if self.classifier_dropout is not None:
             _require_prob("classifier_dropout", self.classifier_dropout)
-        if self.attention_pattern not in PATTERN_KINDS:
-            raise ValueError(
-                f"GmatConfig.attention_pattern must be one of {PATTERN_KINDS}, got {self.attention_pattern!r}"
-            )
-        if self.attention_pattern == "chunked":
-            _require_int("chunk_size", self.chunk_size, 1)
-        elif self.chunk_size is not None:
-            raise ValueError(
-                f"GmatConfig.chunk_size is only used by attention_pattern='chunked', got "
-                f"chunk_size={self.chunk_size!r} with attention_pattern={self.attention_pattern!r}"
-            )
-        if self.attention_pattern == "window":
-            _require_int("attention_window", self.attention_window, 0)
-        elif self.attention_window is not None:
-            raise ValueError(
-                f"GmatConfig.attention_window is only used by attention_pattern='window', got "
-                f"attention_window={self.attention_window!r} with "
-                f"attention_pattern={self.attention_pattern!r}"
-            )
         if not isinstance(self.sparse_prediction, bool):
             raise ValueError(f"GmatConfig.sparse_prediction must be a bool, got {self.sparse_prediction!r}")
         backends = ["auto", *list_backends()]
@@ -161,29 +142,7 @@ class GmatConfig(PretrainedConfig):
             raise ValueError(f"GmatConfig.attn_backend must be one of {backends}, got {self.attn_backend!r}")
 
     def build_pattern(self) -> AttentionPattern:
-        """Build the ``AttentionPattern`` these fields describe (M, kind, and the size that kind uses).
-
-        Returns:
-            ``AttentionPattern(num_memory=M, kind=attention_pattern, chunk_size=C|None, window=w|None)``.
-        """
-        return AttentionPattern(
-            num_memory=self.num_memory_tokens,
-            kind=self.attention_pattern,
-            chunk_size=self.chunk_size if self.attention_pattern == "chunked" else None,
-            window=self.attention_window if self.attention_pattern == "window" else None,
+        """Build the ``AttentionPattern`` these fields describe (M, kind, and the size that kind uses)."""
+        return AttentionPattern.from_fields(
+            self.num_memory_tokens, self.attention_pattern, self.chunk_size, self.attention_window
         )
-
-
-def pattern_fields(settings: Any) -> dict[str, Any]:
-    """``GmatConfig``'s four pattern fields from a settings object that has them under the same names.
-
-    The size that does not apply to the pattern (``chunk_size`` unless chunked, ``attention_window`` unless
-    window) becomes None, since ``GmatConfig`` refuses it; run configs may still carry a default for it.
-    """
-    kind = settings.attention_pattern
-    return {
-        "num_memory_tokens": settings.num_memory_tokens,
-        "attention_pattern": kind,
-        "chunk_size": settings.chunk_size if kind == "chunked" else None,
-        "attention_window": settings.attention_window if kind == "window" else None,
-    }

@@ -28,7 +28,6 @@ The tokenizer files are copied; ``model_max_length`` in ``tokenizer_config.json`
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
@@ -36,16 +35,13 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_model
 
 from gmat.modeling.configuration_gmat import GmatConfig
 from gmat.modeling.modeling_gmat import GmatForMaskedLM, GmatModel, GmatPreTrainedModel
-from gmat.ops import PATTERN_KINDS
 
 __all__ = [
     "PACKAGED_CHECKPOINTS",
-    "add_cli_arguments",
-    "cli_run",
     "convert_bert_to_gmat",
     "is_bert_checkpoint",
     "load_bert_state_dict",
@@ -348,7 +344,11 @@ def convert_bert_to_gmat(
     model.load_state_dict(state, strict=True)
 
     target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(target)
+    # Not model.save_pretrained: under torch.distributed transformers writes on rank 0 only, and every rank of a
+    # data-parallel run converts its own copy (gmat.modeling.factory). save_model drops the tied duplicate.
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(target)
+    save_model(model, str(target / "model.safetensors"), metadata={"format": "pt"})
     copied = _copy_tokenizer(source, target, max_length)
     logger.info(
         "wrote %s (%s, M=%d, %s, max_length=%d; tokenizer files %s)",
@@ -360,45 +360,3 @@ def convert_bert_to_gmat(
         copied,
     )
     return config
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``gmat convert``."""
-    parser.add_argument(
-        "--from", dest="source", required=True, help="BERT checkpoint directory, or 'minilm' (the packaged MiniLM)"
-    )
-    parser.add_argument("--to", dest="target", required=True, help="output GMAT checkpoint directory")
-    parser.add_argument("--num-memory", type=int, required=True, help="number of memory slots M")
-    parser.add_argument("--pattern", choices=PATTERN_KINDS, required=True, help="sparse attention pattern")
-    parser.add_argument(
-        "--chunk-size", type=int, default=None, help="chunk size C (chunked only; default 128)"
-    )
-    parser.add_argument(
-        "--window", type=int, default=None, help="one-sided window radius w (window only; default 64)"
-    )
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        required=True,
-        help="new max_position_embeddings; positions are extended by copying",
-    )
-    parser.add_argument("--backend", default="auto", help="attn_backend stored in the config (default: auto)")
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    """Run ``gmat convert``; returns the exit status (2 with a logged reason on bad input)."""
-    try:
-        convert_bert_to_gmat(
-            args.source,
-            args.target,
-            num_memory_tokens=args.num_memory,
-            attention_pattern=args.pattern,
-            chunk_size=args.chunk_size,
-            attention_window=args.window,
-            max_length=args.max_length,
-            attn_backend=args.backend,
-        )
-    except ValueError as err:
-        logger.error("gmat convert: %s", err)
-        return 2
-    return 0

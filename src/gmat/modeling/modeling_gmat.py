@@ -795,7 +795,7 @@ class GmatForQuestionAnswering(GmatPreTrainedModel):
 
         Returns:
             ``GmatQuestionAnsweringOutput`` with ``start_logits`` and ``end_logits`` ``(B, L)``, and ``loss``
-            (mean of the two cross-entropies) when both positions are given.
+            (mean of the two cross-entropies over the non-padded positions) when both positions are given.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.gmat(
@@ -813,12 +813,17 @@ class GmatForQuestionAnswering(GmatPreTrainedModel):
         loss = None
         if start_positions is not None and end_positions is not None:
             # Positions outside the sequence (e.g. truncated answers) are clamped to L and ignored.
+            # Padded positions are never an answer: they leave the softmax, so the loss of an example does not
+            # depend on how far its batch is padded (a data-parallel run equals a single-process one).
             seq_len = start_logits.shape[1]
             start = start_positions.reshape(-1).clamp(0, seq_len)
             end = end_positions.reshape(-1).clamp(0, seq_len)
+            scored = [x.float() for x in (start_logits, end_logits)]  # (B, L) each
+            if attention_mask is not None:
+                scored = [x.masked_fill(~attention_mask.bool(), float("-inf")) for x in scored]
             loss = (
-                F.cross_entropy(start_logits.float(), start, ignore_index=seq_len)
-                + F.cross_entropy(end_logits.float(), end, ignore_index=seq_len)
+                F.cross_entropy(scored[0], start, ignore_index=seq_len)
+                + F.cross_entropy(scored[1], end, ignore_index=seq_len)
             ) / 2
         output = GmatQuestionAnsweringOutput(
             loss=loss, start_logits=start_logits, end_logits=end_logits, **_states(outputs)

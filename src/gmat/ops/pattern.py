@@ -29,6 +29,8 @@ import torch
 __all__ = ["AttentionPattern", "PATTERN_KINDS", "and_masks", "or_masks"]
 
 PATTERN_KINDS = ("chunked", "window", "dense")
+DEFAULT_CHUNK_SIZE = 128  # C of a chunked pattern whose size is not given (``AttentionPattern.from_fields``)
+DEFAULT_WINDOW = 64  # w of a window pattern whose size is not given: a band of 2w+1 ≈ one 128-chunk
 
 MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,6 +64,33 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+_OWN_NAMES = {"num_memory": "num_memory", "kind": "kind", "chunk_size": "chunk_size", "window": "window"}
+_CONFIG_NAMES = {
+    "num_memory": "num_memory_tokens",
+    "kind": "attention_pattern",
+    "chunk_size": "chunk_size",
+    "window": "attention_window",
+}
+
+
+def _validate(num_memory: object, kind: object, chunk_size: object, window: object, names: dict[str, str]) -> None:
+    """The kind <-> size rule, written once: each kind takes exactly its own size (errors use ``names``)."""
+    _check_int(names["num_memory"], num_memory, 0)
+    if kind not in PATTERN_KINDS:
+        raise ValueError(f"{names['kind']} must be one of {PATTERN_KINDS}, got {kind!r}")
+    for size, size_kind, minimum in (("chunk_size", "chunked", 1), ("window", "window", 0)):
+        value = chunk_size if size == "chunk_size" else window
+        if kind == size_kind:
+            if value is None:
+                raise ValueError(f"{names[size]} is required for {names['kind']}={kind!r}, got None")
+            _check_int(names[size], value, minimum)
+        elif value is not None:
+            raise ValueError(
+                f"{names[size]} is only valid for {names['kind']}={size_kind!r}, got {value!r} "
+                f"with {names['kind']}={kind!r}"
+            )
+
+
 @dataclass(frozen=True)
 class AttentionPattern:
     """Memory slots plus a sparse pattern over the sequence (DESIGN.md §1).
@@ -83,23 +112,43 @@ class AttentionPattern:
     window: int | None = None
 
     def __post_init__(self) -> None:
-        _check_int("num_memory", self.num_memory, 0)
-        if self.kind not in PATTERN_KINDS:
-            raise ValueError(f"kind must be one of {PATTERN_KINDS}, got {self.kind!r}")
-        if self.kind == "chunked":
-            if self.chunk_size is None:
-                raise ValueError("chunk_size is required for kind='chunked', got None")
-            _check_int("chunk_size", self.chunk_size, 1)
-        elif self.chunk_size is not None:
-            raise ValueError(f"chunk_size is only valid for kind='chunked', got {self.chunk_size!r} "
-                             f"with kind={self.kind!r}")
-        if self.kind == "window":
-            if self.window is None:
-                raise ValueError("window is required for kind='window', got None")
-            _check_int("window", self.window, 0)
-        elif self.window is not None:
-            raise ValueError(f"window is only valid for kind='window', got {self.window!r} "
-                             f"with kind={self.kind!r}")
+        _validate(self.num_memory, self.kind, self.chunk_size, self.window, _OWN_NAMES)
+
+    @classmethod
+    def from_fields(
+        cls,
+        num_memory_tokens: int,
+        attention_pattern: str,
+        chunk_size: int | None = None,
+        attention_window: int | None = None,
+        *,
+        prefix: str = "",
+    ) -> AttentionPattern:
+        """The pattern of a model config or run config, which spell its fields as ``GmatConfig`` does.
+
+        The size of the kind in use defaults to ``DEFAULT_CHUNK_SIZE`` / ``DEFAULT_WINDOW`` when None. This is
+        the one rule every config goes through, so its errors name the caller's keys: with
+        ``prefix="model."`` a bad size reads ``model.chunk_size must be ...``.
+
+        Raises:
+            ValueError: as ``AttentionPattern``, naming ``prefix`` + the config's field name.
+        """
+        if attention_pattern == "chunked" and chunk_size is None:
+            chunk_size = DEFAULT_CHUNK_SIZE
+        if attention_pattern == "window" and attention_window is None:
+            attention_window = DEFAULT_WINDOW
+        names = {key: prefix + name for key, name in _CONFIG_NAMES.items()}
+        _validate(num_memory_tokens, attention_pattern, chunk_size, attention_window, names)
+        return cls(num_memory_tokens, attention_pattern, chunk_size, attention_window)
+
+    def config_fields(self) -> dict[str, int | str | None]:
+        """The four ``GmatConfig`` fields of this pattern (the inverse of ``from_fields``)."""
+        return {
+            "num_memory_tokens": self.num_memory,
+            "attention_pattern": self.kind,
+            "chunk_size": self.chunk_size,
+            "attention_window": self.window,
+        }
 
     # ---- predicates over sequence indices (memory excluded) ---------------------------------------
     def local_fn(self) -> MaskFn:

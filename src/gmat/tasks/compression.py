@@ -11,9 +11,8 @@
   A only through its M memory vectors; ``"none"`` — B alone (the same model type, learned initial memory);
   ``"full"`` — one sequence A + B for a dense ``GmatForMaskedLM``, with labels on B only.
 
-Both tasks follow the interface of ``gmat.tasks.synthetic.SyntheticTask`` (``batch(split, indices)``,
-``iter_eval``, ``metric_counts``, ``compute_metrics``), with examples and masks a pure function of
-``(seed, split, index)``.
+Both are ``Task``s scored by counts (``gmat.tasks.base.CountingTask``), with examples and masks a pure function
+of ``(seed, split, index)``.
 """
 
 from __future__ import annotations
@@ -21,12 +20,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from gmat.data.corpus import PackedExamples, WordPieceTokenizer
+from gmat.modeling import GmatForMaskedLM, factory
+from gmat.modeling.compression import GmatCompressionConfig, GmatForCompression, compression_from_masked_lm
+from gmat.modeling.factory import ModelSettings
+from gmat.tasks.base import CountingTask
 from gmat.tasks.mlm import IGNORE_INDEX, CorpusSettings, mask_tokens, masked_token_counts, pack_split
 
 __all__ = [
@@ -34,7 +36,6 @@ __all__ = [
     "CONTEXT_MODES",
     "CompressionTask",
     "CompressionTaskSpec",
-    "build_compression_model",
     "memory_swap_losses",
     "per_example_losses",
     "token_metrics",
@@ -99,7 +100,7 @@ def token_metrics(counts: torch.Tensor) -> dict[str, float]:
     return {"accuracy": correct / max(n, 1.0), "loss": loss, "perplexity": math.exp(loss), "tokens": int(n)}
 
 
-class CompressionTask:
+class CompressionTask(CountingTask):
     """Examples, collation and metrics of a compression task.
 
     Args:
@@ -129,9 +130,46 @@ class CompressionTask:
         s = self.spec
         return s.seq_len if s.name == "reconstruction" else s.context_len + s.seq_len
 
+    @property
+    def seq_len(self) -> int:
+        """Tokens per example (for throughput): L, or L_A + L_B."""
+        return self.window
+
     def checkpoint_files(self) -> dict[str, bytes]:
         """The tokenizer's files, saved next to every checkpoint's weights (the folder is then self-contained)."""
         return self.tokenizer.transformers_files(model_max_length=self.window)
+
+    def build_model(self, settings: ModelSettings) -> torch.nn.Module:
+        """The model this task needs, from scratch or from ``task.pretrained``.
+
+        ``reconstruction`` → ``GmatForCompression`` (content-free decoder); ``compressed_context`` with
+        ``context_mode`` ``"compressed"`` / ``"none"`` → ``GmatForCompression`` (the decoder reads segment B);
+        ``"full"`` → a ``GmatForMaskedLM`` over A + B (``attention_pattern: dense`` for the paper's baseline),
+        which uses ``model.num_hidden_layers`` instead of the three stack sizes.
+
+        With ``task.pretrained`` the masked-LM model it names (converted with the settings' M and pattern)
+        gives the sizes and the weights (``compression_from_masked_lm``); the settings' sizes are then unused.
+        """
+        spec = self.spec
+        full = spec.name == "compressed_context" and spec.context_mode == "full"
+        layers = dict(
+            num_encoder_layers=settings.num_encoder_layers,
+            num_bottleneck_layers=settings.num_bottleneck_layers,
+            num_decoder_layers=settings.num_decoder_layers,
+            decoder_input="content_free" if spec.name == "reconstruction" else "tokens",
+            mask_token_id=self.special.mask,
+        )
+        task_fields = dict(
+            vocab_size=self.vocab_size,
+            max_length=self.window,
+            pad_token_id=self.special.pad,
+            sparse_prediction=True,  # the vocabulary head scores only the labelled positions
+        )
+        if spec.pretrained or full:
+            mlm = factory.build_model(GmatForMaskedLM, settings, init=spec.pretrained, **task_fields)
+            return mlm if full else compression_from_masked_lm(mlm, **layers)
+        config = factory.gmat_config(settings, config_class=GmatCompressionConfig, **layers, **task_fields)
+        return GmatForCompression(config)
 
     def examples(self, split: str) -> PackedExamples:
         """Return the packed windows of ``split``, tokenising the corpus on first use."""
@@ -210,58 +248,6 @@ class CompressionTask:
     def compute_metrics(self, counts: torch.Tensor) -> dict[str, float]:
         """``{"accuracy", "loss", "perplexity", "tokens"}`` from summed ``metric_counts``."""
         return token_metrics(counts)
-
-
-def build_compression_model(model_settings: Any, task: CompressionTask) -> torch.nn.Module:
-    """Build the model a compression task needs, from scratch or from ``task.spec.pretrained``.
-
-    ``reconstruction`` → ``GmatForCompression`` (content-free decoder); ``compressed_context`` with
-    ``context_mode`` ``"compressed"`` / ``"none"`` → ``GmatForCompression`` (decoder reads segment B);
-    ``"full"`` → a ``GmatForMaskedLM`` over A + B (use ``attention_pattern: dense`` for the paper's baseline).
-
-    With ``task.spec.pretrained`` the MLM model it names (``gmat.tasks.mlm.load_masked_lm``, converted with the
-    settings' M and pattern) gives the sizes and the weights (``compression_from_masked_lm``); the settings'
-    sizes are then unused.
-
-    Args:
-        model_settings: an object with ``GmatConfig`` fields (``gmat.training.config.ModelSettings``) and,
-            optionally, ``num_encoder_layers`` / ``num_bottleneck_layers`` / ``num_decoder_layers`` (default
-            2 / 1 / 2; ignored by the ``"full"`` baseline, which uses ``num_hidden_layers``).
-        task: the compression task (vocabulary, lengths, special ids).
-    """
-    from gmat.modeling import GmatConfig, GmatForMaskedLM, pattern_fields
-    from gmat.modeling.compression import GmatCompressionConfig, GmatForCompression, compression_from_masked_lm
-    from gmat.tasks.mlm import load_masked_lm
-
-    s = model_settings
-    full = task.spec.name == "compressed_context" and task.spec.context_mode == "full"
-    layers = dict(
-        num_encoder_layers=getattr(s, "num_encoder_layers", 2),
-        num_bottleneck_layers=getattr(s, "num_bottleneck_layers", 1),
-        num_decoder_layers=getattr(s, "num_decoder_layers", 2),
-        decoder_input="content_free" if task.spec.name == "reconstruction" else "tokens",
-        mask_token_id=task.special.mask,
-    )
-    if task.spec.pretrained:
-        mlm = load_masked_lm(task.spec.pretrained, s, task.window, task.vocab_size)
-        return mlm if full else compression_from_masked_lm(mlm, **layers)
-    common = dict(
-        vocab_size=task.vocab_size,
-        hidden_size=s.hidden_size,
-        num_attention_heads=s.num_attention_heads,
-        intermediate_size=s.intermediate_size,
-        hidden_dropout_prob=s.hidden_dropout_prob,
-        attention_probs_dropout_prob=s.attention_probs_dropout_prob,
-        max_position_embeddings=task.window,
-        **pattern_fields(s),
-        attn_backend=s.attn_backend,
-        initializer_range=getattr(s, "initializer_range", 0.02),
-        pad_token_id=task.special.pad,
-        sparse_prediction=True,  # the vocabulary head scores only the labelled positions
-    )
-    if full:
-        return GmatForMaskedLM(GmatConfig(num_hidden_layers=s.num_hidden_layers, **common))
-    return GmatForCompression(GmatCompressionConfig(**layers, **common))
 
 
 def memory_swap_losses(model: torch.nn.Module, task: CompressionTask, split: str = "eval",

@@ -9,22 +9,18 @@
   (not masked), somewhere in the example *outside* p's chunk ``[C·(p//C), C·(p//C + 1))``. Those are the
   positions where a chunked model without memory cannot see the answer and memory may help. Tokens are
   WordPiece ids (a "word" here is one WordPiece token).
-* ``MLMTask`` — the data side of a training run: packed examples of the train / eval / test corpora, with
-  the interface of ``gmat.tasks.synthetic.SyntheticTask`` (``batch(split, indices)``, ``iter_eval``,
-  ``metric_counts``, ``compute_metrics``), so the training loop can drive it.
-* ``evaluate_mlm`` / ``add_mlm_eval_arguments`` / ``run_mlm_eval`` — ``gmat eval mlm --model DIR --data F``:
-  loss, perplexity and accuracy over masked tokens, overall and split by ``outside_chunk_flags``.
+* ``MLMTask`` — the ``Task`` of a training run (``gmat.tasks.base``): packed examples of the train / eval /
+  test corpora, scored by counts over masked tokens.
+* ``evaluate_mlm`` — behind ``gmat eval mlm --model DIR --data F`` (``gmat.commands.evaluate``): loss,
+  perplexity and accuracy over masked tokens, overall and split by ``outside_chunk_flags``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from gmat.data.corpus import PackedExamples, SpecialTokens, TokenCache, WordPieceTokenizer, build_token_cache
+from gmat.modeling import GmatForMaskedLM, factory
+from gmat.modeling.factory import ModelSettings
+from gmat.modeling.probes import masked_lm_logits, swapped_memory
+from gmat.tasks.base import CountingTask
 
 __all__ = [
     "CorpusSettings",
@@ -43,16 +43,10 @@ __all__ = [
     "MLMMetrics",
     "MLMTask",
     "MLMTaskSpec",
-    "add_mlm_eval_arguments",
-    "build_mlm_model",
     "evaluate_mlm",
-    "load_masked_lm",
     "mask_tokens",
-    "masked_lm_logits",
     "masked_token_counts",
     "outside_chunk_flags",
-    "run_mlm_eval",
-    "swapped_memory",
 ]
 
 logger = logging.getLogger(__name__)
@@ -220,59 +214,6 @@ def masked_token_counts(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     ).cpu()
 
 
-def masked_lm_logits(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor
-) -> torch.Tensor:
-    """Logits at the selected positions only (``(N, V)``), without the ``(B, L, V)`` tensor when possible.
-
-    ``GmatForMaskedLM`` (or any model with ``.gmat`` + ``.cls``) runs its encoder and applies the LM head to
-    the N selected rows; any other masked-LM model (e.g. ``BertForMaskedLM``) runs whole and is indexed.
-
-    Args:
-        model: a masked-LM model.
-        input_ids: ``(B, L)``.
-        attention_mask: ``(B, L)``.
-        select: ``(B, L)`` bool, the positions to score.
-    """
-    if hasattr(model, "gmat") and hasattr(model, "cls"):
-        hidden = model.gmat(input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
-        return model.cls(hidden[select])  # (N, V)
-    return model(input_ids=input_ids, attention_mask=attention_mask).logits[select]
-
-
-@contextlib.contextmanager
-def swapped_memory(model: torch.nn.Module) -> Iterator[None]:
-    """Inside the block, every GMAT layer hands on the memory rows of the previous example in the batch.
-
-    A control for "does the model use what its memory holds about this example?": at every layer the
-    sequence rows of example i read memory rows computed from other examples (a cyclic shift by one along
-    the batch); nothing else changes. If the loss does not rise, the memory acts as example-independent extra
-    rows, whatever it does for the loss.
-
-    Args:
-        model: a GMAT model with ``num_memory_tokens`` > 0 (its ``GmatLayer`` outputs are ``(B, M+L, d)``).
-
-    Raises:
-        ValueError: if the model has no memory rows or no GMAT layers.
-    """
-    from gmat.modeling.modeling_gmat import GmatLayer
-
-    m = getattr(getattr(model, "config", None), "num_memory_tokens", 0)
-    layers = [mod for mod in model.modules() if isinstance(mod, GmatLayer)]
-    if not m or not layers:
-        raise ValueError(f"swapped_memory needs a GMAT model with memory rows, got {type(model).__name__} with M={m}")
-
-    def roll(_module: torch.nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
-        return torch.cat([out[:, :m].roll(1, dims=0), out[:, m:]], dim=1)  # (B, M+L, d)
-
-    handles = [layer.register_forward_hook(roll) for layer in layers]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 # ---- the task ------------------------------------------------------------------------------------------
 def pack_split(spec: Any, split: str, tokenizer: WordPieceTokenizer, window: int, progress: bool) -> PackedExamples:
     """Tokenise (once, through the token cache) the corpus of ``split`` and pack it into ``window``-token examples.
@@ -290,6 +231,8 @@ def pack_split(spec: Any, split: str, tokenizer: WordPieceTokenizer, window: int
     if split not in _SPLIT_IDS:
         raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
     source = {"train": spec.train_data, "eval": spec.eval_data, "test": spec.test_data}[split]
+    if not source:
+        raise ValueError(f"task.{split}_data is not set: name the {split} corpus, e.g. --set task.{split}_data=FILE")
     cache = build_token_cache(source, spec.cache_dir, tokenizer=tokenizer, text_field=spec.text_field,
                               progress=progress)
     return PackedExamples(cache, window)
@@ -301,18 +244,19 @@ class CorpusSettings:
 
     Attributes:
         name: the task name.
-        train_data: training corpus source (``.jsonl``/``.txt`` file, folder, ``hf:NAME[:CONFIG][@SPLIT]``).
-        eval_data: validation corpus source.
-        test_data: test corpus source (evaluated once, at the end).
+        train_data: training corpus source (``.jsonl``/``.txt`` file, folder, ``hf:NAME[:CONFIG][@SPLIT]``);
+            required (no default: the data are the user's).
+        eval_data: validation corpus source; required.
+        test_data: test corpus source (evaluated once, at the end); required when the test split is used.
         text_field: JSON key / dataset column of the text.
         tokenizer: folder with ``tokenizer.json``; empty = MiniLM's WordPiece tokenizer.
         cache_dir: folder of token caches.
     """
 
     name: str = ""
-    train_data: str = "../shared/data/corpus/train.jsonl"
-    eval_data: str = "../shared/data/corpus/valid.jsonl"
-    test_data: str = "../shared/data/corpus/test.jsonl"
+    train_data: str = ""
+    eval_data: str = ""
+    test_data: str = ""
     text_field: str = "text"
     tokenizer: str = ""
     cache_dir: str = DEFAULT_CACHE_DIR
@@ -355,7 +299,7 @@ class MLMTaskSpec(CorpusSettings):
             )
 
 
-class MLMTask:
+class MLMTask(CountingTask):
     """Packed, dynamically masked examples of the train / eval / test corpora.
 
     Corpora are tokenised lazily (the test corpus only when the test split is first used).
@@ -376,6 +320,27 @@ class MLMTask:
         self.num_labels = self.vocab_size
         self.special = self.tokenizer.special
         self._packed: dict[str, PackedExamples] = {}
+
+    @property
+    def seq_len(self) -> int:
+        """L."""
+        return self.spec.seq_len
+
+    def build_model(self, settings: ModelSettings) -> torch.nn.Module:
+        """A ``GmatForMaskedLM`` from scratch or from ``task.pretrained``, scoring only masked rows in training.
+
+        ``sparse_prediction`` makes training run the vocabulary head on the ~15% masked rows only: the same
+        loss, a far cheaper head.
+        """
+        return factory.build_model(
+            GmatForMaskedLM,
+            settings,
+            vocab_size=self.vocab_size,
+            max_length=self.spec.seq_len,
+            init=self.spec.pretrained,
+            pad_token_id=self.special.pad,
+            sparse_prediction=True,
+        )
 
     def checkpoint_files(self) -> dict[str, bytes]:
         """The tokenizer's files, saved next to every checkpoint's weights (the folder is then self-contained)."""
@@ -448,94 +413,6 @@ class MLMTask:
         """``{"accuracy", "mlm_loss", "perplexity"}`` from summed ``metric_counts``."""
         loss_sum, correct, n = float(counts[0]), float(counts[1]), max(float(counts[2]), 1.0)
         return {"accuracy": correct / n, "mlm_loss": loss_sum / n, "perplexity": math.exp(loss_sum / n)}
-
-
-def build_mlm_model(model_settings: Any, task: MLMTask) -> torch.nn.Module:
-    """Build a ``GmatForMaskedLM`` for ``task``: from ``task.spec.pretrained`` when set, else from scratch.
-
-    Args:
-        model_settings: an object with ``GmatConfig`` fields (``gmat.training.config.ModelSettings``); when
-            starting from a checkpoint only the pattern fields are used (see ``load_masked_lm``).
-        task: the MLM task (vocabulary size, L).
-
-    Raises:
-        ValueError: from ``load_masked_lm``.
-    """
-    from gmat.modeling import GmatConfig, GmatForMaskedLM, pattern_fields
-
-    s, L = model_settings, task.spec.seq_len  # noqa: N806 (shape letter)
-    if task.spec.pretrained:
-        return load_masked_lm(task.spec.pretrained, s, L, task.vocab_size)
-    config = GmatConfig(
-        vocab_size=task.vocab_size,
-        hidden_size=s.hidden_size,
-        num_hidden_layers=s.num_hidden_layers,
-        num_attention_heads=s.num_attention_heads,
-        intermediate_size=s.intermediate_size,
-        hidden_dropout_prob=s.hidden_dropout_prob,
-        attention_probs_dropout_prob=s.attention_probs_dropout_prob,
-        max_position_embeddings=L,
-        **pattern_fields(s),
-        attn_backend=s.attn_backend,
-        initializer_range=getattr(s, "initializer_range", 0.02),
-        pad_token_id=task.special.pad,
-        sparse_prediction=True,  # training scores the ~15% masked rows only: the same loss, a far cheaper head
-    )
-    return GmatForMaskedLM(config)
-
-
-def load_masked_lm(pretrained: str, model_settings: Any, length: int, vocab_size: int) -> torch.nn.Module:
-    """The ``GmatForMaskedLM`` a run starts from (``task.pretrained``), with ``sparse_prediction`` on.
-
-    ``pretrained`` may be a GMAT checkpoint, whose M / pattern must be the settings' and whose length must
-    cover ``length``, or a BERT checkpoint (or ``"minilm"``), converted on the spot with the settings' M,
-    pattern and ``length`` (``convert_bert_to_gmat``).
-
-    Raises:
-        ValueError: if a GMAT checkpoint's M / pattern / L disagree with the settings and ``length``, or the
-            checkpoint's vocabulary is not ``vocab_size`` (the task's tokenizer).
-    """
-    from gmat.modeling import GmatForMaskedLM, pattern_fields
-    from gmat.modeling.convert import is_bert_checkpoint
-
-    if is_bert_checkpoint(pretrained):
-        model = _converted_bert(pretrained, model_settings, length)
-    else:
-        model = GmatForMaskedLM.from_pretrained(pretrained)
-        c = model.config
-        mine = tuple(pattern_fields(model_settings).values())
-        theirs = (c.num_memory_tokens, c.attention_pattern, c.chunk_size, c.attention_window)
-        if mine != theirs or c.max_position_embeddings < length:
-            raise ValueError(
-                f"pretrained checkpoint {pretrained} has (M, pattern, C, w) = {theirs} and "
-                f"max length {c.max_position_embeddings}; the run asks for {mine} and L={length} "
-                f"(convert it again with gmat convert)"
-            )
-    if model.config.vocab_size != vocab_size:
-        raise ValueError(
-            f"task.pretrained={pretrained!r} has a vocabulary of {model.config.vocab_size}, the "
-            f"task's tokenizer {vocab_size}: tokenise with the checkpoint's tokenizer (task.tokenizer)"
-        )
-    model.config.sparse_prediction = True
-    return model
-
-
-def _converted_bert(source: str, s: Any, length: int) -> torch.nn.Module:
-    """``GmatForMaskedLM`` from a BERT checkpoint, converted with the run's M, pattern and L.
-
-    The MLM head is the checkpoint's when it has one, else freshly initialised.
-    """
-    from gmat.modeling import GmatForMaskedLM, convert_bert_to_gmat, pattern_fields
-
-    with tempfile.TemporaryDirectory(prefix="gmat-convert-") as tmp:
-        convert_bert_to_gmat(
-            source,
-            tmp,
-            **pattern_fields(s),
-            max_length=length,
-            attn_backend=s.attn_backend,
-        )
-        return GmatForMaskedLM.from_pretrained(tmp)
 
 
 # ---- evaluation of any saved model ---------------------------------------------------------------------
@@ -685,81 +562,3 @@ def evaluate_mlm(
             i: {g: c[k].tolist() for k, g in enumerate(GROUPS)} for i, c in sorted(metrics.per_example.items())
         }
     return result
-
-
-def add_mlm_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``gmat eval mlm``."""
-    parser.add_argument(
-        "--model", required=True, help="saved model folder (GMAT or any masked-LM checkpoint)"
-    )
-    parser.add_argument(
-        "--data",
-        required=True,
-        help='corpus: .jsonl of {"text": ...} documents, .txt, a folder, or hf:NAME[:CONFIG][@SPLIT]',
-    )
-    parser.add_argument("--length", type=int, default=None, help="L (default: the model's maximum length)")
-    parser.add_argument("--batch-size", type=int, default=8, help="examples per forward pass (default 8)")
-    parser.add_argument(
-        "--split-chunk-size",
-        type=int,
-        default=None,
-        help="C of the outside-chunk split (default: the model's chunk size, else 128)",
-    )
-    parser.add_argument("--max-examples", type=int, default=0, help="evenly spaced examples to use (0 = all)")
-    parser.add_argument(
-        "--seed", type=int, default=1234, help="masking seed (same seed = same masked tokens)"
-    )
-    parser.add_argument(
-        "--memory-swap",
-        action="store_true",
-        help="control: score each example with the memory rows of the previous one in its batch (GMAT, M > 0)",
-    )
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="token cache folder")
-    parser.add_argument(
-        "--tokenizer", default=None, help="tokenizer folder (default: model folder, else MiniLM)"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads of torch (0 = torch's default)")
-    parser.add_argument(
-        "--output",
-        default=None,
-        help="write the JSON here (default MODEL/eval-mlm-<data>-L<L>.json; '-' = do not write)",
-    )
-
-
-def run_mlm_eval(args: argparse.Namespace) -> int:
-    """Run ``gmat eval mlm``: print the metrics JSON and write it to ``--output``; 2 on bad input."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        result = evaluate_mlm(
-            args.model,
-            args.data,
-            length=args.length,
-            batch_size=args.batch_size,
-            split_chunk_size=args.split_chunk_size,
-            max_examples=args.max_examples,
-            seed=args.seed,
-            cache_dir=args.cache_dir,
-            tokenizer=args.tokenizer,
-            device=args.device,
-            progress=True,
-            memory_swap=args.memory_swap,
-        )
-    except (OSError, ValueError) as err:  # CorpusError is a ValueError
-        logger.error("%s", err)
-        return 2
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output != "-":
-        out = (
-            Path(args.output)
-            if args.output
-            else (
-                Path(args.model)
-                / f"eval-mlm-{Path(str(args.data)).stem}-L{result['length']}{'-swap' if args.memory_swap else ''}.json"
-            )
-        )
-        out.write_text(text + "\n")
-        logger.info("wrote %s", out)
-    return 0

@@ -1,4 +1,4 @@
-"""``gmat predict qa``: the answer span to a question in one document, with its score.
+"""The answer span (``gmat predict qa``) to a question in one document, with its score.
 
 The document is read whole, as one input ``[CLS] question [SEP] document [SEP]`` of up to the model's maximum
 length (``max_position_embeddings``); a longer document is refused with the token counts rather than cut
@@ -9,7 +9,6 @@ document in overlapping windows instead, so any length works for it. The score i
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -33,8 +32,6 @@ from gmat.tasks.rc import (
 __all__ = [
     "QA_PIPELINE_TASK",
     "GmatQuestionAnsweringPipeline",
-    "add_cli_arguments",
-    "cli_run",
     "predict_answer",
     "register_question_answering_pipeline",
 ]
@@ -202,27 +199,3 @@ def register_question_answering_pipeline() -> str:
             type="text",
         )
     return QA_PIPELINE_TASK
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``gmat predict qa``."""
-    parser.add_argument("kind", choices=("qa",), help="what to predict (qa: an answer span in a document)")
-    parser.add_argument("--model", required=True, help="saved QA model directory (with its tokenizer)")
-    parser.add_argument("--question", required=True, help="the question")
-    parser.add_argument("--document", required=True, help="UTF-8 text file holding the document")
-    parser.add_argument("--max-answer-length", type=int, default=None, help="in tokens (default 30)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    """Run ``gmat predict qa``: print the answer, its score and character span as JSON; 2 on bad input."""
-    try:
-        document = Path(args.document).read_text(encoding="utf-8")
-        result = predict_answer(
-            args.model, args.question, document, max_answer_length=args.max_answer_length, device=args.device
-        )
-    except (OSError, ValueError) as err:
-        logger.error("gmat predict qa: %s", err)
-        return 2
-    print(json.dumps(result, ensure_ascii=False))
-    return 0

@@ -31,9 +31,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+
+from gmat.modeling import GmatForSequenceClassification, GmatForTokenClassification, factory
+from gmat.tasks.base import CountingTask
 
 __all__ = [
     "IGNORE_INDEX",
@@ -115,7 +119,7 @@ class TaskSpec:
             raise ValueError(f"task.eval_size must be >= 1, got {self.eval_size}")
 
 
-class SyntheticTask:
+class SyntheticTask(CountingTask):
     """Generator, collator and metric of one synthetic task.
 
     Args:
@@ -164,9 +168,22 @@ class SyntheticTask:
         p = self._majority_top_count() / s.seq_len  # positive rate, fixed by construction
         return 2 * p / (1 + p)
 
-    def checkpoint_files(self) -> dict[str, bytes]:
-        """Files saved next to a checkpoint's weights: none (synthetic token ids need no tokenizer)."""
-        return {}
+    @property
+    def seq_len(self) -> int:
+        """L."""
+        return self.spec.seq_len
+
+    def build_model(self, settings: Any) -> torch.nn.Module:
+        """A classification (``majority``) or tagging model from scratch, sized by ``settings``."""
+        head = GmatForSequenceClassification if self.kind == "sequence" else GmatForTokenClassification
+        return factory.build_model(
+            head,
+            settings,
+            vocab_size=self.vocab_size,
+            max_length=self.spec.seq_len,
+            num_labels=self.num_labels,
+            pad_token_id=PAD_ID,
+        )
 
     # ---- generation ------------------------------------------------------------------------------------
     def _rng(self, split: str, index: int) -> np.random.Generator:
@@ -257,6 +274,11 @@ class SyntheticTask:
             yield self.batch(split, mine[start : start + batch_size])
 
     # ---- loss and metrics -------------------------------------------------------------------------------
+    def forward_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+        """Run ``model`` without its own loss and return ``(outputs, self.loss(logits, labels))``."""
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+        return out, self.loss(out.logits, batch["labels"])
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Training loss: cross-entropy over labelled positions, positives weighted for tagging.
 

@@ -3,8 +3,8 @@
 A run config has three sections, each a frozen dataclass::
 
     run_dir: runs/majority-m8        # where metrics, checkpoints and plots go
-    task:   {name: majority, seq_len: 2048, ...}        # gmat.tasks.synthetic.TaskSpec
-    model:  {hidden_size: 64, num_memory_tokens: 8, ...} # ModelSettings -> GmatConfig
+    task:   {name: majority, seq_len: 2048, ...}        # the named task's settings (gmat.tasks.registry)
+    model:  {hidden_size: 64, num_memory_tokens: 8, ...} # gmat.modeling.factory.ModelSettings
     train:  {steps: 300, lr: 2.0e-3, ...}                # TrainSettings
 
 Every key is checked against the dataclass fields and their annotated types: an unknown key or a value of
@@ -24,6 +24,8 @@ from typing import Any, Union
 
 import yaml
 
+from gmat.modeling.factory import ModelSettings
+from gmat.tasks.registry import task_entry
 from gmat.tasks.synthetic import TaskSpec
 
 __all__ = [
@@ -37,49 +39,6 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """Model hyperparameters (``GmatConfig`` fields; vocabulary, labels and L come from the task).
-
-    Attributes:
-        hidden_size: d.
-        num_hidden_layers: number of blocks.
-        num_attention_heads: H.
-        intermediate_size: feed-forward width.
-        hidden_dropout_prob: dropout on embeddings and residual branches.
-        attention_probs_dropout_prob: dropout on attention probabilities.
-        num_memory_tokens: M (0 = plain sparse Transformer).
-        attention_pattern: ``"chunked"``, ``"window"`` or ``"dense"``.
-        chunk_size: C (chunked only).
-        attention_window: one-sided radius w (window only).
-        attn_backend: ``"auto"`` or a backend name of ``gmat.ops``.
-        initializer_range: std of the normal weight initialisation.
-    """
-
-    hidden_size: int = 64
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    intermediate_size: int = 128
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
-    num_memory_tokens: int = 8
-    attention_pattern: str = "chunked"
-    chunk_size: int | None = 128
-    attention_window: int | None = None
-    attn_backend: str = "auto"
-    initializer_range: float = 0.02
-    num_encoder_layers: int = 2  # compression models only
-    num_bottleneck_layers: int = 1  # compression models only
-    num_decoder_layers: int = 2  # compression models only
-
-    def __post_init__(self) -> None:
-        if self.attention_pattern != "chunked" and self.chunk_size is not None:
-            # The YAML default of chunk_size must not leak into window/dense runs; GmatConfig refuses it.
-            object.__setattr__(self, "chunk_size", None)
-        if self.attention_pattern == "window" and self.attention_window is None:
-            raise ValueError("model.attention_window is required when model.attention_pattern='window'")
 
 
 @dataclass(frozen=True)
@@ -164,8 +123,13 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One training run: where it writes, what it learns, which model, how it trains."""
+    """One training run: where it writes, what it learns, which model, how it trains.
 
+    ``task`` is the settings dataclass of the task that ``task.name`` names (``gmat.tasks.registry``); ``name``
+    labels the run in reports (empty: the run directory's name).
+    """
+
+    name: str = ""
     run_dir: str = "runs/default"
     task: TaskSpec = field(default_factory=TaskSpec)
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -213,19 +177,6 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     )
 
 
-def task_spec_class(name: Any) -> type:
-    """Return the dataclass of a ``task:`` section, chosen by its ``name`` (synthetic tasks by default)."""
-    if name == "mlm":
-        from gmat.tasks.mlm import MLMTaskSpec
-
-        return MLMTaskSpec
-    if name in ("reconstruction", "compressed_context"):
-        from gmat.tasks.compression import CompressionTaskSpec
-
-        return CompressionTaskSpec
-    return TaskSpec
-
-
 def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
     """Validate a nested mapping against dataclass ``cls``: unknown keys and mistyped values raise ``ValueError``."""
     where = prefix.rstrip(".") or "config"
@@ -243,7 +194,7 @@ def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
     for name, value in data.items():
         hint = hints[name]
         if cls is RunConfig and name == "task" and isinstance(value, dict):
-            hint = task_spec_class(value.get("name"))
+            hint = task_entry(value.get("name", TaskSpec.name)).settings
         if dataclasses.is_dataclass(hint):
             kwargs[name] = build_dataclass(hint, value, f"{prefix}{name}.")
         else:

@@ -9,8 +9,8 @@ Run directory (rank 0 writes it)::
 
     RUN_DIR/config.yaml       the resolved config
     RUN_DIR/metrics.jsonl     one JSON object per log or evaluation event
-    RUN_DIR/results.json      final and best metrics, timings
-    RUN_DIR/curves.png        training loss and evaluation metric against step
+    RUN_DIR/results.json      final and best metrics, timings, hardware
+    RUN_DIR/eval/             per-example files of the final evaluation, for tasks that have them (rc)
     RUN_DIR/checkpoints/      resumable step checkpoints + LATEST pointer (see checkpoint.py)
     RUN_DIR/best/             weights with the best evaluation metric (loads with from_pretrained); like every
                               checkpoint, it also holds the task's tokenizer when the task has one (MLM,
@@ -39,7 +39,8 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
-from gmat.tasks.synthetic import SyntheticTask, make_task
+from gmat.tasks.base import Task, hardware_description
+from gmat.tasks.registry import create_task
 from gmat.training.checkpoint import (
     atomic_write_text,
     latest_checkpoint,
@@ -58,61 +59,12 @@ from gmat.training.distributed import (
     micro_batch_indices,
 )
 
-__all__ = ["build_model", "evaluate_model", "lr_multiplier", "plot_curves", "train"]
+__all__ = ["evaluate_model", "lr_multiplier", "train"]
 
 logger = logging.getLogger(__name__)
 
 
 # ---- pieces ------------------------------------------------------------------------------------------------
-def make_any_task(spec: Any) -> Any:
-    """Return the task object of a ``task:`` section: MLM, compression, or a synthetic task."""
-    from gmat.tasks.compression import CompressionTask, CompressionTaskSpec
-    from gmat.tasks.mlm import MLMTask, MLMTaskSpec
-
-    if isinstance(spec, MLMTaskSpec):
-        return MLMTask(spec)
-    if isinstance(spec, CompressionTaskSpec):
-        return CompressionTask(spec)
-    return make_task(spec)
-
-
-def build_model(config: RunConfig, task: SyntheticTask) -> torch.nn.Module:
-    """Build the GMAT model for ``task`` (vocabulary, labels, L from the task; the rest from config.model)."""
-    if task.kind == "mlm":
-        from gmat.tasks.mlm import build_mlm_model
-
-        return build_mlm_model(config.model, task)
-    if task.kind in ("reconstruction", "compressed_context"):
-        from gmat.tasks.compression import build_compression_model
-
-        return build_compression_model(config.model, task)
-    from gmat.modeling import (
-        GmatConfig,
-        GmatForSequenceClassification,
-        GmatForTokenClassification,
-        pattern_fields,
-    )
-
-    m = config.model
-    model_config = GmatConfig(
-        vocab_size=task.vocab_size,
-        hidden_size=m.hidden_size,
-        num_hidden_layers=m.num_hidden_layers,
-        num_attention_heads=m.num_attention_heads,
-        intermediate_size=m.intermediate_size,
-        hidden_dropout_prob=m.hidden_dropout_prob,
-        attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-        max_position_embeddings=task.spec.seq_len,
-        **pattern_fields(m),
-        attn_backend=m.attn_backend,
-        initializer_range=m.initializer_range,
-        num_labels=task.num_labels,
-        pad_token_id=0,
-    )
-    cls = GmatForSequenceClassification if task.kind == "sequence" else GmatForTokenClassification
-    return cls(model_config)
-
-
 def lr_multiplier(
     step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float
 ) -> float:
@@ -178,78 +130,28 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def forward_loss(model: torch.nn.Module, task: Any, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
-    """Run ``model`` on ``batch`` and return ``(outputs, loss)``.
-
-    The loss is the task's own (``task.loss``, e.g. class-weighted) when it defines one, else the model's.
-    """
-    task_loss = getattr(task, "loss", None)
-    if task_loss is None:
-        out = model(**batch)
-        return out, out.loss
-    out = model(**{k: v for k, v in batch.items() if k != "labels"})
-    return out, task_loss(out.logits, batch["labels"])
-
-
-@torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module,
-    task: SyntheticTask,
+    task: Task,
     batch_size: int,
     info: DistInfo | None = None,
     split: str = "eval",
     autocast: contextlib.AbstractContextManager | None = None,
-) -> dict[str, float]:
-    """Metrics of ``model`` on ``split`` of ``task`` (sharded over ranks, summed, identical on every rank).
-
-    Returns:
-        The task's metrics (e.g. ``{"accuracy": ...}``) plus ``"loss"``, the mean per-batch loss.
-    """
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The task's metrics of ``model`` on ``split``, identical on every rank (sharded and summed by the task)."""
     info = info or DistInfo()
-    was_training = model.training
-    model.eval()
-    counts = torch.zeros(4, dtype=torch.float64)
-    loss_stats = torch.zeros(2, dtype=torch.float64)  # [sum of batch losses, batches]
-    for batch in task.iter_eval(batch_size, info.rank, info.world_size, split=split):
-        batch = {k: v.to(info.device) for k, v in batch.items()}
-        with autocast or contextlib.nullcontext():
-            out, loss = forward_loss(model, task, batch)
-        counts += task.metric_counts(out.logits.float(), batch["labels"])
-        loss_stats += torch.tensor([float(loss), 1.0], dtype=torch.float64)
-    counts = all_reduce_sum(counts, info)
-    loss_stats = all_reduce_sum(loss_stats, info)
-    model.train(was_training)
-    metrics = task.compute_metrics(counts)
-    metrics["loss"] = float(loss_stats[0] / max(loss_stats[1], 1.0))
-    return metrics
-
-
-def plot_curves(run_dir: str | Path, metric: str) -> Path | None:
-    """Plot training loss and evaluation ``metric`` from ``RUN_DIR/metrics.jsonl`` into ``curves.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run_dir = Path(run_dir)
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    train_rows = [r for r in rows if r.get("split") == "train"]
-    eval_rows = [r for r in rows if r.get("split") == "eval" and metric in r]
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label="train")
-    ax_loss.plot([r["step"] for r in eval_rows], [r["loss"] for r in eval_rows], "o-", label="eval")
-    ax_loss.set(xlabel="step", ylabel="loss", title="loss")
-    ax_loss.legend()
-    ax_metric.plot([r["step"] for r in eval_rows], [r[metric] for r in eval_rows], "o-")
-    ax_metric.set(xlabel="step", ylabel=metric, title=f"eval {metric}", ylim=(0, 1.02))
-    fig.tight_layout()
-    out = run_dir / "curves.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return task.evaluate(
+        model,
+        batch_size=batch_size,
+        device=info.device,
+        rank=info.rank,
+        world_size=info.world_size,
+        reduce=partial(all_reduce_sum, info=info),
+        autocast=autocast,
+        split=split,
+        out_dir=out_dir,
+    )
 
 
 class _MetricsLog:
@@ -311,13 +213,13 @@ def _train(config: RunConfig, info: DistInfo, *, resume: bool, stop_after: int |
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     device = info.device
-    task = make_any_task(config.task)
-    L = config.task.seq_len  # noqa: N806 (shape letter)
+    task = create_task(config.task)
+    L = task.seq_len  # noqa: N806 (shape letter)
     files = task.checkpoint_files()  # saved next to every checkpoint's weights (the tokenizer, if any)
 
     # ---- model, optimizer, schedule ----------------------------------------------------------------------
     _seed_everything(tc.seed)
-    model = build_model(config, task).to(device)
+    model = task.build_model(config.model).to(device)
     if tc.gradient_checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5; the old name is deprecated
@@ -415,7 +317,7 @@ def _train(config: RunConfig, info: DistInfo, *, resume: bool, stop_after: int |
             sync = contextlib.nullcontext() if last_micro or not info.distributed else ddp_model.no_sync()
             with sync:
                 with autocast:
-                    loss = forward_loss(ddp_model, task, batch)[1] / tc.grad_accum_steps
+                    loss = task.forward_loss(ddp_model, batch)[1] / tc.grad_accum_steps
                 loss.backward()
             loss_sum += loss.detach()
         if tc.grad_clip > 0:
@@ -457,7 +359,9 @@ def _train(config: RunConfig, info: DistInfo, *, resume: bool, stop_after: int |
                 )
 
         if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
-            last_eval = evaluate_model(model, task, tc.eval_batch_size, info, autocast=autocast)
+            final = step == tc.steps
+            eval_dir = run_dir / "eval" if final and info.is_main else None  # per-example files, if the task has any
+            last_eval = evaluate_model(model, task, tc.eval_batch_size, info, autocast=autocast, out_dir=eval_dir)
             log.write({"step": step, "split": "eval", **last_eval})
             if best is None or last_eval[metric_name] > best["value"]:
                 best = {"step": step, "metric": metric_name, "value": last_eval[metric_name]}
@@ -493,10 +397,9 @@ def _train(config: RunConfig, info: DistInfo, *, resume: bool, stop_after: int |
         "wall_seconds": round(time.perf_counter() - t_start, 3),
         "num_parameters": n_params,
         "world_size": info.world_size,
+        "hardware": hardware_description(device),
         "config": config_to_dict(config),
     }
     if info.is_main:
         atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-        if step == tc.steps:
-            plot_curves(run_dir, metric_name)
     return results

@@ -15,7 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEMO_RUNS", "add_cli_arguments", "cli_run", "run_demo"]
+from gmat.commands.plots import plot_demo
+from gmat.tasks.synthetic import SyntheticTask, TaskSpec
+from gmat.training.config import RunConfig, parse_config
+from gmat.training.loop import train
+
+__all__ = ["DEMO_RUNS", "add_cli_arguments", "cli_run", "format_table", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +49,17 @@ DEMO_TRAIN = {
 }
 
 
-def _config(out: Path, name: str, num_memory: int, seed: int, steps: int | None, progress: bool) -> Any:
-    from gmat.training.config import parse_config
-
-    train = dict(DEMO_TRAIN, seed=seed, progress=progress)
+def _config(out: Path, name: str, num_memory: int, seed: int, steps: int | None, progress: bool) -> RunConfig:
+    train_settings = dict(DEMO_TRAIN, seed=seed, progress=progress)
     if steps is not None:
-        train["steps"] = steps
+        train_settings["steps"] = steps
     return parse_config(
         {
+            "name": name,
             "run_dir": str(out / name.replace(" ", "-").replace("=", "")),
             "task": dict(DEMO_TASK, seed=seed),
             "model": dict(DEMO_MODEL, num_memory_tokens=num_memory),
-            "train": train,
+            "train": train_settings,
         }
     )
 
@@ -74,8 +78,6 @@ def run_demo(
     Returns:
         ``{"task": str, "runs": [{"name", "num_memory", "pattern", "accuracy", "train_seconds"}], ...}``.
     """
-    from gmat.training.loop import train
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -92,43 +94,17 @@ def run_demo(
                 "train_seconds": result["train_seconds"],
             }
         )
-    from gmat.tasks.synthetic import TaskSpec, make_task
-
-    task = make_task(TaskSpec(**DEMO_TASK))
     results = {
         "task": "majority",
         "runs": runs,
         "seq_len": DEMO_TASK["seq_len"],
         "chunk_size": DEMO_MODEL["chunk_size"],
-        "chance": task.chance,
+        "chance": SyntheticTask(TaskSpec(**DEMO_TASK)).chance,
         "eval_examples": DEMO_TASK["eval_size"],
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    _plot(results, out / "accuracy.png")
+    plot_demo(results, out / "accuracy.png")
     return results
-
-
-def _plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [r["name"] for r in results["runs"]]
-    accs = [r["accuracy"] for r in results["runs"]]
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    bars = ax.bar(names, accs, color=["#999999", "#2a7ab9"][: len(names)])
-    ax.axhline(results["chance"], color="k", ls="--", lw=1, label="chance")
-    ax.bar_label(bars, fmt="%.2f")
-    ax.set(
-        ylim=(0, 1.05),
-        ylabel="accuracy",
-        title=f"majority, L={results['seq_len']}, C={results['chunk_size']}",
-    )
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def format_table(results: dict[str, Any]) -> str:

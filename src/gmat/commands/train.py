@@ -1,14 +1,19 @@
 """``gmat train CONFIG.yaml [--set key=value ...] [--resume]``: train from a YAML run config.
 
-The same command runs data-parallel under ``torchrun --nproc_per_node N`` (DDP; NCCL on GPU, gloo on CPU).
+Every task trains through the same loop (``gmat.training.loop.train``). The same command runs data-parallel
+under ``torchrun --nproc_per_node N`` (DDP; NCCL on GPU, gloo on CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 
-from gmat.cli import add_override_argument
+from gmat.commands.common import add_override_argument
+from gmat.commands.plots import plot_curves
+from gmat.training.config import load_config
+from gmat.training.loop import train
 
 __all__ = ["add_cli_arguments", "cli_run"]
 
@@ -17,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gmat train``."""
-    parser.add_argument("config", help="YAML run config, e.g. configs/synthetic/majority-gmat-m8.yaml")
+    parser.add_argument("config", help="YAML run config, e.g. configs/synthetic/majority-chunked-m8.yaml")
     add_override_argument(parser, "train.lr=3e-4 model.num_memory_tokens=32")
     parser.add_argument(
         "--resume",
@@ -36,22 +41,18 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli_run(args: argparse.Namespace) -> int:
     """Run ``gmat train``; returns the exit status (2 for an invalid config)."""
-    from gmat.tasks.rc import is_rc_config, run_rc_train
-    from gmat.training.config import load_config
-    from gmat.training.loop import train
-
-    if is_rc_config(args.config):  # reading comprehension (`task: {name: rc}`) trains through gmat.tasks.rc
-        return run_rc_train(args)
     try:
         config = load_config(args.config, args.overrides)
     except (OSError, ValueError) as err:
         logger.error("invalid config: %s", err)
         return 2
     results = train(config, resume=args.resume, stop_after=args.stop_after)
+    if results["finished"] and os.environ.get("RANK", "0") == "0":  # one process draws (torchrun sets RANK)
+        plot_curves(config.run_dir, results["metric"])
     if results["eval"]:
         logger.info(
             "%s: step %d, eval %s = %.4f (best %.4f at step %d); results in %s/results.json",
-            config.task.name,
+            config.name or config.task.name,
             results["steps_done"],
             results["metric"],
             results["eval"][results["metric"]],

@@ -1,0 +1,148 @@
+"""What a task gives the training loop (``Task``), and the shared evaluation of tasks scored by counts.
+
+The loop (``gmat.training.loop.train``) knows nothing about any task beyond this protocol:
+
+* ``build_model(settings)`` — the model, through ``gmat.modeling.factory.build_model`` (the task picks the head
+  class and the task-side config fields: vocabulary, labels, L);
+* ``batch("train", indices)`` — the training examples at global indices (a pure function of the index, so a
+  data-parallel or resumed run sees the same global batches);
+* ``forward_loss(model, batch)`` — ``(outputs, loss)``;
+* ``evaluate(model, ...)`` — a metrics dictionary, identical on every rank; ``metric_name`` is its key that
+  picks the best checkpoint;
+* ``checkpoint_files()`` — extra files (a tokenizer) saved next to every checkpoint's weights.
+
+Most tasks score a split by summing additive statistics over batches and ranks (``CountingTask``): they give
+``iter_eval`` / ``metric_counts`` / ``compute_metrics`` and inherit ``evaluate`` and ``forward_loss``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["CountingTask", "Reduce", "Task", "hardware_description"]
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a CPU tensor over the data-parallel ranks
+
+
+@runtime_checkable
+class Task(Protocol):
+    """The interface between a task and the training loop (see the module docstring)."""
+
+    metric_name: str  # the key of ``evaluate``'s result that picks the best checkpoint (higher is better)
+
+    @property
+    def seq_len(self) -> int:
+        """L, tokens per training example (for throughput logging)."""
+
+    def build_model(self, settings: Any) -> torch.nn.Module:
+        """The model of a run with these ``ModelSettings``."""
+
+    def batch(self, split: str, indices: Any) -> dict[str, torch.Tensor]:
+        """The examples ``indices`` of ``split`` as model inputs (with ``labels``)."""
+
+    def forward_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+        """Run ``model`` on ``batch``: ``(outputs, loss)``."""
+
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        *,
+        batch_size: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        reduce: Reduce | None = None,
+        autocast: contextlib.AbstractContextManager | None = None,
+        split: str = "eval",
+        out_dir: Path | None = None,
+    ) -> dict[str, Any]:
+        """Metrics of ``model`` on ``split``, the same on every rank (``reduce`` sums across ranks)."""
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        """Files saved next to every checkpoint's weights (``{}`` when none)."""
+
+
+class CountingTask:
+    """Base of tasks scored by additive counts: ``evaluate`` sums ``metric_counts`` over batches and ranks.
+
+    Subclasses give ``iter_eval(batch_size, rank, world_size, split)``, ``metric_counts(logits, labels)`` (a
+    float64 CPU vector) and ``compute_metrics(counts)``; they may override ``forward_loss``.
+    """
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        """No extra files by default."""
+        return {}
+
+    def forward_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+        """The model's own loss on ``batch``."""
+        out = model(**batch)
+        return out, out.loss
+
+    def iter_eval(
+        self, batch_size: int, rank: int = 0, world_size: int = 1, split: str = "eval"
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield this rank's share of ``split``, in batches."""
+        raise NotImplementedError
+
+    def metric_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Additive statistics of one batch."""
+        raise NotImplementedError
+
+    def compute_metrics(self, counts: torch.Tensor) -> dict[str, float]:
+        """Metrics from the summed statistics."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        *,
+        batch_size: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        reduce: Reduce | None = None,
+        autocast: contextlib.AbstractContextManager | None = None,
+        split: str = "eval",
+        out_dir: Path | None = None,
+    ) -> dict[str, Any]:
+        """The task's metrics plus ``"loss"`` (mean per-batch loss), sharded over ranks and summed.
+
+        ``out_dir`` is unused: counted metrics have no per-example files.
+        """
+        reduce = reduce or (lambda t: t)
+        was_training = model.training
+        model.eval()
+        counts: torch.Tensor | None = None
+        loss_stats = torch.zeros(2, dtype=torch.float64)  # [sum of batch losses, batches]
+        for batch in self.iter_eval(batch_size, rank, world_size, split=split):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast or contextlib.nullcontext():
+                out, loss = self.forward_loss(model, batch)
+            batch_counts = self.metric_counts(out.logits.float(), batch["labels"])
+            counts = batch_counts if counts is None else counts + batch_counts
+            loss_stats += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+        counts = reduce(counts if counts is not None else torch.zeros(4, dtype=torch.float64))
+        loss_stats = reduce(loss_stats)
+        model.train(was_training)
+        metrics = self.compute_metrics(counts)
+        metrics["loss"] = float(loss_stats[0] / max(loss_stats[1], 1.0))
+        return metrics
+
+
+def hardware_description(device: torch.device) -> str:
+    """Describe in one line where a number was measured (CPU model / GPU name, threads)."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"CPU {cpu}, {os.cpu_count()} logical cores visible, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}"
+    )
