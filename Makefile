@@ -32,8 +32,10 @@ test-gpu: setup  ## needs CUDA
 bench: setup  ## quick attention benchmark
 	$(BIN)/gmat bench attention --quick
 
-lint: setup
-	$(BIN)/ruff check src tests benchmarks
+lint: setup  ## style and architecture: ruff lint + format, and the layer contracts (import-linter)
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

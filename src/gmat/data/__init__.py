@@ -1,4 +1,4 @@
-"""Corpora for masked language modelling: readers, the memory-mapped token cache, packing (DESIGN.md §4)."""
+"""Corpora for masked language modelling: readers, the memory-mapped token cache, packing (docs/design.md §4)."""
 
 from gmat.data.corpus import (
     CorpusError,

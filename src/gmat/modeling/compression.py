@@ -1,4 +1,4 @@
-"""Sequence compression through the global memory (DESIGN.md §2, "Compression"). Reads top to bottom.
+"""Sequence compression through the global memory (docs/design.md §2, "Compression"). Reads top to bottom.
 
 encoder → bottleneck → decoder, all built from ``GmatLayer`` (BERT post-LN blocks)::
 

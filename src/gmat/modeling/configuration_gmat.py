@@ -1,4 +1,4 @@
-"""``GmatConfig``: BERT's hyperparameters plus the GMAT memory and attention pattern (DESIGN.md §2).
+"""``GmatConfig``: BERT's hyperparameters plus the GMAT memory and attention pattern (docs/design.md §2).
 
 The field names are BERT's (so a ``BertConfig`` dictionary converts by adding the GMAT fields) plus:
 

@@ -1,6 +1,6 @@
 """Convert a BERT checkpoint into a GMAT checkpoint (``gmat convert``).
 
-GMAT keeps BERT's block and parameter names (DESIGN.md §2), so conversion is a near-identity key mapping:
+GMAT keeps BERT's block and parameter names (docs/design.md §2), so conversion is a near-identity key mapping:
 
 * ``BertModel`` layout (``embeddings.*``, ``encoder.*``, ``pooler.*``) → a ``GmatModel`` checkpoint with the
   same keys. Loading it as ``GmatForMaskedLM`` (or any head) gives a freshly initialised head, reported by

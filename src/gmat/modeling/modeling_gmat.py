@@ -1,4 +1,4 @@
-"""The GMAT encoder and its task heads, in Hugging Face form (DESIGN.md §2). Reads top to bottom.
+"""The GMAT encoder and its task heads, in Hugging Face form (docs/design.md §2). Reads top to bottom.
 
 embeddings → attention → layer → encoder → pre-trained base → ``GmatModel`` → heads.
 

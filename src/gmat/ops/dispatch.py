@@ -157,7 +157,7 @@ def gmat_attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Multi-head attention over ``[memory ; sequence]`` with the GMAT mask (DESIGN.md §1).
+    """Multi-head attention over ``[memory ; sequence]`` with the GMAT mask (docs/design.md §1).
 
     Memory rows attend to every (non-padded) key; sequence row i attends to every memory key and to
     sequence keys ``j ∈ N(i)`` of the pattern. One joint softmax over all allowed keys, in fp32. A row with

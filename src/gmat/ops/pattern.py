@@ -93,7 +93,7 @@ def _validate(num_memory: object, kind: object, chunk_size: object, window: obje
 
 @dataclass(frozen=True)
 class AttentionPattern:
-    """Memory slots plus a sparse pattern over the sequence (DESIGN.md §1).
+    """Memory slots plus a sparse pattern over the sequence (docs/design.md §1).
 
     Args:
         num_memory: M, the number of global memory slots (rows ``0..M-1`` of the hidden state).

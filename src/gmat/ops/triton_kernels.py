@@ -5,7 +5,7 @@ in ``dispatch.py`` loads it on first use. Kernels are decorated when the module 
 ``TRITON_INTERPRET=1`` (Triton's CPU interpreter, used by the tests) must be set before that import;
 ``INTERPRET`` records which mode this process got.
 
-Tensors are ``(B, H, M+L, D)`` with the memory rows first (DESIGN.md §1). Row ``t < M`` is memory slot
+Tensors are ``(B, H, M+L, D)`` with the memory rows first (docs/design.md §1). Row ``t < M`` is memory slot
 ``t``; row ``M + i`` is sequence position ``i``. Nothing is copied or padded: every kernel reads Q, K, V
 in place through their strides and masks the tails.
 

@@ -1,4 +1,4 @@
-"""Data and metrics of the two compression tasks (DESIGN.md §2); the model is ``gmat.modeling.compression``.
+"""Data and metrics of the two compression tasks (docs/design.md §2); the model is ``gmat.modeling.compression``.
 
 * **Reconstruction** (task (a)): an example is one packed length-L window of the corpus; the model
   compresses it into M memory vectors and predicts every token from them. Labels are the input ids
