@@ -120,11 +120,6 @@ class CompressionTask(CountingTask):
         self._packed: dict[str, PackedExamples] = {}
 
     @property
-    def kind(self) -> str:
-        """``"reconstruction"`` or ``"compressed_context"`` (which model the task needs)."""
-        return self.spec.name
-
-    @property
     def window(self) -> int:
         """Tokens per example: L, or L_A + L_B."""
         s = self.spec

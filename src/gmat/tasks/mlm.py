@@ -309,7 +309,6 @@ class MLMTask(CountingTask):
         progress: show tokenisation progress bars.
     """
 
-    kind = "mlm"
     metric_name = "accuracy"
 
     def __init__(self, spec: MLMTaskSpec, *, progress: bool = True) -> None:

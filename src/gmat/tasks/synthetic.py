@@ -139,11 +139,6 @@ class SyntheticTask(CountingTask):
 
     # ---- what the model needs to know --------------------------------------------------------------------
     @property
-    def kind(self) -> str:
-        """``"sequence"`` (one label per example) or ``"token"`` (one label per position)."""
-        return "sequence" if self.spec.name == "majority" else "token"
-
-    @property
     def num_labels(self) -> int:
         """Number of classes of the head."""
         if self.spec.name == "majority":
@@ -175,7 +170,8 @@ class SyntheticTask(CountingTask):
 
     def build_model(self, settings: Any) -> torch.nn.Module:
         """A classification (``majority``) or tagging model from scratch, sized by ``settings``."""
-        head = GmatForSequenceClassification if self.kind == "sequence" else GmatForTokenClassification
+        # majority has one label per example, the tagging and lookup tasks one per position
+        head = GmatForSequenceClassification if self.spec.name == "majority" else GmatForTokenClassification
         return factory.build_model(
             head,
             settings,
