@@ -1,0 +1,1 @@
+"""Command-line front ends of ``gmat``: each module exposes ``add_cli_arguments(parser)`` and ``cli_run(args)``."""
