@@ -190,6 +190,11 @@ def _drop_query_weights(source: Path) -> None:
     )
 
 
+def _drop_token_types(source: Path) -> None:
+    state = load_file(str(source / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if "token_type" not in k}, str(source / "model.safetensors"))
+
+
 def _rename_all_keys(source: Path) -> None:
     state = load_file(str(source / "model.safetensors"))
     save_file(
@@ -200,6 +205,7 @@ def _rename_all_keys(source: Path) -> None:
 NOT_BERT = [
     (_set_model_type, "model_type='gpt2'"),
     (_drop_query_weights, "query"),
+    (_drop_token_types, r"missing \['embeddings.token_type_embeddings.weight'\]"),  # only DistilBERT has none
     (_rename_all_keys, "not a BERT-like checkpoint"),
     (lambda s: (s / "model.safetensors").unlink(), "holds no weights"),
     (lambda s: (s / "config.json").unlink(), "no config.json"),

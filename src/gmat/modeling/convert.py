@@ -46,7 +46,7 @@ import importlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -100,13 +100,14 @@ _BERT_FIELDS = (
 )
 
 # Keys every BERT-layout encoder has (after the prefix is stripped and the family's renames applied); their
-# absence means "not BERT-like". The token-type table is checked after DistilBERT's zero table is added.
+# absence means "not BERT-like". Families with token types also need _TOKEN_TYPES.
 _REQUIRED_KEYS = (
     "embeddings.word_embeddings.weight",
     "embeddings.position_embeddings.weight",
     "embeddings.LayerNorm.weight",
     "encoder.layer.0.attention.self.query.weight",
 )
+_TOKEN_TYPES = "embeddings.token_type_embeddings.weight"
 
 _MLM_PREFIX = "cls.predictions."
 
@@ -122,6 +123,7 @@ class Family:
         cls_token: the summary token memory slots start from, when ``tokenizer_config.json`` names none.
         tokenizer_class: written into ``tokenizer_config.json`` when the source's names no class.
         position_offset: the first real token has position ``pad_token_id + 1`` (RoBERTa).
+        token_types: the family has a token-type table; without one GMAT gets a single row of zeros.
         renames: substrings of encoder keys replaced by BERT's, in order (DistilBERT's block names).
         fields: GmatConfig field → the family's config field, where the names differ.
         fixed: GmatConfig field → value, for fields the family's config does not have.
@@ -133,6 +135,7 @@ class Family:
     cls_token: str
     tokenizer_class: str
     position_offset: bool = False
+    token_types: bool = True
     renames: tuple[tuple[str, str], ...] = ()
     fields: tuple[tuple[str, str], ...] = ()
     fixed: tuple[tuple[str, object], ...] = ()
@@ -162,8 +165,8 @@ FAMILIES: dict[str, Family] = {
         tokenizer_class="BertTokenizer",
     ),
     "roberta": _ROBERTA,
-    "xlm-roberta": Family(**{**_ROBERTA.__dict__, "tokenizer_class": "XLMRobertaTokenizer"}),
-    "camembert": Family(**{**_ROBERTA.__dict__, "tokenizer_class": "CamembertTokenizer"}),
+    "xlm-roberta": replace(_ROBERTA, tokenizer_class="XLMRobertaTokenizer"),
+    "camembert": replace(_ROBERTA, tokenizer_class="CamembertTokenizer"),
     "electra": Family(
         prefix="electra.",
         head=(
@@ -185,6 +188,7 @@ FAMILIES: dict[str, Family] = {
         head_act=None,
         cls_token="[CLS]",
         tokenizer_class="DistilBertTokenizer",
+        token_types=False,
         renames=(
             ("transformer.layer.", "encoder.layer."),
             (".attention.q_lin.", ".attention.self.query."),
@@ -330,7 +334,8 @@ def _normalise_keys(
             dropped.append(key)
             continue
         encoder[name] = value
-    missing = [k for k in _REQUIRED_KEYS if k not in encoder]
+    required = _REQUIRED_KEYS + ((_TOKEN_TYPES,) if family.token_types else ())
+    missing = [k for k in required if k not in encoder]
     if missing:
         raise ValueError(
             f"{source} is not a BERT-like checkpoint: missing {missing} "
@@ -484,8 +489,9 @@ def convert_to_gmat(
             f"{source}: its MLM head applies {family.head_act!r} but hidden_act={fields['hidden_act']!r}; "
             f"GMAT's head uses hidden_act, so the logits would differ"
         )
-    words = encoder["embeddings.word_embeddings.weight"]  # (V, d)
-    encoder.setdefault("embeddings.token_type_embeddings.weight", words.new_zeros(1, words.shape[1]))
+    if not family.token_types:  # word + 0 + position is the family's embedding sum
+        words = encoder["embeddings.word_embeddings.weight"]  # (V, d)
+        encoder[_TOKEN_TYPES] = words.new_zeros(1, words.shape[1])
 
     old_positions = encoder["embeddings.position_embeddings.weight"]  # (P, d)
     if family.position_offset:  # rows 0..pad_token_id are never a real token's position
