@@ -1,4 +1,4 @@
-"""The ``gmat`` command: demo | train | eval | predict | convert. Thin: finds the subcommand's module.
+"""The ``gmat`` command: demo | train | eval | predict | convert | export. Thin: finds the subcommand's module.
 
 Each subcommand is a module of ``gmat.commands`` exposing ``add_cli_arguments(parser)`` and
 ``cli_run(args) -> int``; a module is imported only when its subcommand runs, so ``gmat --help`` stays fast.
@@ -19,7 +19,8 @@ _SUBCOMMANDS = {
     "train": ("gmat.commands.train", "train a model from a YAML config"),
     "eval": ("gmat.commands.evaluate", "evaluate a saved run (or: gmat eval mlm ... / gmat eval rc ...)"),
     "predict": ("gmat.commands.predict", "predict with a trained model (qa: the answer span in a document)"),
-    "convert": ("gmat.commands.convert", "convert a BERT checkpoint into a GMAT checkpoint"),
+    "convert": ("gmat.commands.convert", "convert a BERT-family checkpoint into a GMAT checkpoint"),
+    "export": ("gmat.commands.export", "export a saved GMAT model (onnx: dynamic batch and length, verified)"),
 }
 
 # (command, word) -> (module, add-arguments function, run function, help)

@@ -1,4 +1,4 @@
-"""BERT → GMAT conversion: MiniLM (DESIGN.md §6) against HF BertModel, layouts, errors, CLI."""
+"""BERT-family → GMAT conversion: MiniLM and every family against the HF model, layouts, errors, CLI."""
 
 from __future__ import annotations
 
@@ -11,14 +11,36 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
+    AutoModelForMaskedLM,
     AutoModelForTokenClassification,
     AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
     BertForPreTraining,
     BertModel,
+    CamembertConfig,
+    CamembertForMaskedLM,
+    CamembertModel,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    DistilBertModel,
+    ElectraConfig,
+    ElectraForMaskedLM,
+    ElectraModel,
+    PreTrainedTokenizerBase,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaModel,
+    RobertaTokenizer,
+    XLMRobertaConfig,
+    XLMRobertaForMaskedLM,
+    XLMRobertaModel,
+    XLMRobertaTokenizer,
 )
 
 from gmat import GmatForMaskedLM, GmatModel, convert_bert_to_gmat
 from gmat.cli import main as gmat_main
+from gmat.modeling import convert_to_gmat
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +190,11 @@ def _drop_query_weights(source: Path) -> None:
     )
 
 
+def _drop_token_types(source: Path) -> None:
+    state = load_file(str(source / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if "token_type" not in k}, str(source / "model.safetensors"))
+
+
 def _rename_all_keys(source: Path) -> None:
     state = load_file(str(source / "model.safetensors"))
     save_file(
@@ -178,6 +205,7 @@ def _rename_all_keys(source: Path) -> None:
 NOT_BERT = [
     (_set_model_type, "model_type='gpt2'"),
     (_drop_query_weights, "query"),
+    (_drop_token_types, r"missing \['embeddings.token_type_embeddings.weight'\]"),  # only DistilBERT has none
     (_rename_all_keys, "not a BERT-like checkpoint"),
     (lambda s: (s / "model.safetensors").unlink(), "holds no weights"),
     (lambda s: (s / "config.json").unlink(), "no config.json"),
@@ -266,3 +294,176 @@ def test_packaged_checkpoint_names(minilm_path, bert_config, gmat_config, tmp_pa
     monkeypatch.setitem(PACKAGED_CHECKPOINTS, "ghost", ("no_such_module_gmat", "a ghost model"))
     with pytest.raises(ValueError, match="'ghost' is a ghost model, which is not installed"):
         convert_bert_to_gmat("ghost", tmp_path / "o", num_memory_tokens=0, attention_pattern="dense")
+
+
+# ---- the other families: RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, DistilBERT --------------------------
+# model_type -> (config class, base model, masked-LM model, config fields of a tiny 2-layer d=32 model).
+_BERT_LIKE = dict(
+    vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+)
+_ROBERTA_LIKE = {**_BERT_LIKE, "max_position_embeddings": 66, "type_vocab_size": 1, "layer_norm_eps": 1e-5}
+FAMILY_MODELS = {
+    "bert": (BertConfig, BertModel, BertForMaskedLM, {**_BERT_LIKE, "max_position_embeddings": 64}),
+    "roberta": (RobertaConfig, RobertaModel, RobertaForMaskedLM, _ROBERTA_LIKE),
+    "xlm-roberta": (XLMRobertaConfig, XLMRobertaModel, XLMRobertaForMaskedLM, _ROBERTA_LIKE),
+    "camembert": (CamembertConfig, CamembertModel, CamembertForMaskedLM, _ROBERTA_LIKE),
+    "electra": (
+        ElectraConfig,
+        ElectraModel,
+        ElectraForMaskedLM,
+        {**_BERT_LIKE, "embedding_size": 32, "max_position_embeddings": 64},
+    ),
+    "distilbert": (
+        DistilBertConfig,
+        DistilBertModel,
+        DistilBertForMaskedLM,
+        dict(vocab_size=120, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64),
+    ),
+}
+
+
+def _family_source(model_type: str, mlm: bool, path: Path, **overrides: object) -> torch.nn.Module:
+    """A tiny randomly initialised checkpoint of ``model_type`` saved at ``path``; every weight perturbed.
+
+    HF initialises biases to 0 and LayerNorms to (1, 0); the noise makes a swapped or dropped bias, LayerNorm
+    or position row change the outputs.
+    """
+    config_class, base, masked_lm, fields = FAMILY_MODELS[model_type]
+    config = config_class(**{**fields, **overrides}, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = (masked_lm if mlm else base)(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(path)
+    return model
+
+
+def _family_batch(model: torch.nn.Module, model_type: str) -> dict[str, torch.Tensor]:
+    """Right-padded random ids (pad id = the config's), token types where the family has them."""
+    config = model.config
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(5, config.vocab_size, (3, 13), generator=g)  # ids 0..4 are special tokens
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0
+    attention_mask[2, 4:] = 0
+    inputs = {"input_ids": input_ids.masked_fill(attention_mask == 0, config.pad_token_id)}
+    inputs["attention_mask"] = attention_mask
+    if getattr(config, "type_vocab_size", 1) > 1:
+        inputs["token_type_ids"] = (torch.arange(13) >= 6).long().expand(3, -1).contiguous()
+    return inputs
+
+
+@pytest.mark.parametrize("mlm", [False, True], ids=["base", "masked-lm"])
+@pytest.mark.parametrize("model_type", list(FAMILY_MODELS))
+def test_family_m0_dense_matches_source(model_type: str, mlm: bool, tol, tmp_path) -> None:
+    """M=0, dense: the converted model computes what the source model computes (real tokens), head included.
+
+    RoBERTa-like sources number positions from pad_token_id + 1 (table of 66 rows -> 64 GMAT positions).
+    """
+    source = _family_source(model_type, mlm, tmp_path / "src")
+    config = convert_to_gmat(tmp_path / "src", tmp_path / "gmat", num_memory_tokens=0, attention_pattern="dense")
+    assert config.max_position_embeddings == 64
+    gmat = (AutoModelForMaskedLM if mlm else AutoModel).from_pretrained(tmp_path / "gmat").eval()
+    assert isinstance(gmat, GmatForMaskedLM if mlm else GmatModel)
+    inputs = _family_batch(source, model_type)
+    with torch.no_grad():
+        want, got = source(**inputs), gmat(**inputs)
+    real = inputs["attention_mask"].bool()
+    if mlm:
+        torch.testing.assert_close(got.logits[real], want.logits[real], **tol("bert_oracle"))
+        assert gmat.cls.predictions.decoder.weight is gmat.gmat.embeddings.word_embeddings.weight
+    else:
+        torch.testing.assert_close(
+            got.last_hidden_state[real], want.last_hidden_state[real], **tol("bert_oracle")
+        )
+    if getattr(want, "pooler_output", None) is not None:
+        torch.testing.assert_close(got.pooler_output, want.pooler_output, **tol("bert_oracle"))
+
+
+def test_roberta_left_padding_needs_position_ids(tol, tmp_path) -> None:
+    """RoBERTa restarts its numbering after left padding; GMAT numbers 0..L-1 unless given position_ids."""
+    source = _family_source("roberta", False, tmp_path / "src")
+    convert_to_gmat(tmp_path / "src", tmp_path / "gmat", num_memory_tokens=0, attention_pattern="dense")
+    gmat = AutoModel.from_pretrained(tmp_path / "gmat").eval()
+    inputs = _family_batch(source, "roberta")
+    inputs = {k: v.flip(1) for k, v in inputs.items()}  # left padding
+    real = inputs["attention_mask"].bool()
+    position_ids = inputs["attention_mask"].cumsum(1) - 1  # 0 at the first real token
+    with torch.no_grad():
+        want = source(**inputs).last_hidden_state[real]
+        default = gmat(**inputs).last_hidden_state[real]
+        given = gmat(**inputs, position_ids=position_ids.clamp(min=0)).last_hidden_state[real]
+    torch.testing.assert_close(given, want, **tol("bert_oracle"))
+    assert not torch.allclose(default, want, atol=1e-3)
+
+
+def _tiny_roberta_tokenizer() -> PreTrainedTokenizerBase:
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "a", "b", "c", "Ġ", "Ġa", "ab", "Ġab", "Ġc"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    return RobertaTokenizer(vocab=vocab, merges=[("Ġ", "a"), ("a", "b"), ("Ġa", "b"), ("Ġ", "c")])
+
+
+def _tiny_xlmr_tokenizer() -> PreTrainedTokenizerBase:
+    pieces = ["<s>", "<pad>", "</s>", "<unk>", "▁a", "b", "▁", "▁ab", "c", "<mask>"]
+    return XLMRobertaTokenizer(vocab=[(p, -float(i)) for i, p in enumerate(pieces)])
+
+
+@pytest.mark.parametrize(
+    ("model_type", "make_tokenizer"),
+    [("roberta", _tiny_roberta_tokenizer), ("xlm-roberta", _tiny_xlmr_tokenizer)],
+)
+def test_roberta_tokenizer_and_memory_init(model_type: str, make_tokenizer, tmp_path) -> None:
+    """The tokenizer is saved beside the model (same ids, model_max_length = max_length); memory slot i
+    starts as RoBERTa's ``<s>`` at position i: ``word[<s>] + token_type[0] + position_row[i + pad + 1]``."""
+    _family_source(model_type, True, tmp_path / "src")
+    tokenizer = make_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "src")
+    convert_to_gmat(
+        tmp_path / "src", tmp_path / "gmat", num_memory_tokens=3, attention_pattern="chunked", max_length=200
+    )
+    converted = AutoTokenizer.from_pretrained(tmp_path / "gmat")
+    assert type(converted) is type(tokenizer)
+    assert converted.model_max_length == 200
+    text = "ab a c ab"
+    assert converted(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert converted.cls_token_id == 0
+    src = load_file(str(tmp_path / "src" / "model.safetensors"))
+    stored = load_file(str(tmp_path / "gmat" / "model.safetensors"))
+    rows = src["roberta.embeddings.position_embeddings.weight"]  # (66, d); row 1 is <pad>'s
+    expected = (
+        src["roberta.embeddings.word_embeddings.weight"][0]
+        + src["roberta.embeddings.token_type_embeddings.weight"][0]
+        + rows[2:5]
+    )
+    torch.testing.assert_close(stored["gmat.embeddings.memory_embeddings"], expected, atol=0, rtol=0)
+    new_pos = stored["gmat.embeddings.position_embeddings.weight"]  # (200, d): 64 usable rows, copied
+    assert torch.equal(new_pos[:64], rows[2:]) and torch.equal(new_pos[64:128], rows[2:])
+    assert torch.equal(new_pos[192:], rows[2:10])
+
+
+def test_cli_convert_roberta_masked_lm(tmp_path) -> None:
+    """``gmat convert --from DIR`` detects RoBERTa from config.json: no family flag."""
+    source = _family_source("roberta", True, tmp_path / "src")
+    argv = ["convert", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out")]
+    assert gmat_main([*argv, "--num-memory", "0", "--pattern", "dense", "--max-length", "64"]) == 0
+    gmat = AutoModelForMaskedLM.from_pretrained(tmp_path / "out").eval()
+    inputs = _family_batch(source, "roberta")
+    real = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        torch.testing.assert_close(gmat(**inputs).logits[real], source(**inputs).logits[real], atol=1e-5, rtol=0)
+
+
+def test_family_errors(tmp_path) -> None:
+    _family_source("electra", False, tmp_path / "electra", embedding_size=16)
+    with pytest.raises(ValueError, match="embedding_size=16 differs from hidden_size=32"):
+        convert_to_gmat(tmp_path / "electra", tmp_path / "o1", num_memory_tokens=0, attention_pattern="dense")
+    _family_source("roberta", True, tmp_path / "relu", hidden_act="relu")
+    with pytest.raises(ValueError, match="MLM head applies 'gelu' but hidden_act='relu'"):
+        convert_to_gmat(tmp_path / "relu", tmp_path / "o2", num_memory_tokens=0, attention_pattern="dense")
+    _family_source("roberta", False, tmp_path / "short", max_position_embeddings=2)
+    with pytest.raises(ValueError, match="2 position rows leave none past pad_token_id"):
+        convert_to_gmat(tmp_path / "short", tmp_path / "o3", num_memory_tokens=0, attention_pattern="dense")
+    # the relative-position variants and causal RoBERTa are refused by name
+    _family_source("roberta", False, tmp_path / "rel", position_embedding_type="relative_key")
+    with pytest.raises(ValueError, match="position_embedding_type='relative_key'"):
+        convert_to_gmat(tmp_path / "rel", tmp_path / "o4", num_memory_tokens=0, attention_pattern="dense")

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
+
 import pytest
 import torch
 import torch._dynamo as dynamo
+from transformers import BertModel
 
-from gmat import GmatModel
+import gmat.commands.export as export_command
+import gmat.modeling.export as export_module
+from gmat import GmatForMaskedLM, GmatForQuestionAnswering, GmatForSequenceClassification, GmatModel
+from gmat.modeling.export import onnx_output_names
 
 PATTERNS = [
     {"attention_pattern": "chunked", "chunk_size": 4},
@@ -90,6 +97,25 @@ def test_inductor_compile_matches_eager(gmat_config, tol) -> None:
 
 
 @pytest.mark.slow
+def test_compile_recipe_dynamic_lengths(gmat_config, tol, tmp_path) -> None:
+    """The documented recipe: a saved checkpoint, ``torch.compile(model, dynamic=True)`` with the default
+    (inductor) compiler, then other batches and ragged lengths without recompiling; B=1 and a length that is a
+    multiple of the chunk size (C=4) may compile once more, and still match (C++ code generation on CPU:
+    slow)."""
+    GmatModel(gmat_config(num_memory_tokens=3)).save_pretrained(tmp_path / "ckpt")
+    model = GmatModel.from_pretrained(tmp_path / "ckpt").eval()
+    dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    shapes = [(2, 13), (3, 29), (4, 22), (1, 40)]
+    for step, shape in enumerate(shapes):
+        inputs = _inputs(*shape)
+        with torch.no_grad(), dynamo.config.patch(error_on_recompile=0 < step < len(shapes) - 1):
+            want, got = model(**inputs), compiled(**inputs)
+        torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, **tol("graph_rewrite"))
+        torch.testing.assert_close(got.memory_state, want.memory_state, **tol("graph_rewrite"))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p["attention_pattern"])
 def test_onnx_export_dynamic_batch_and_length(pattern: dict, gmat_config, tol, tmp_path) -> None:
     """Dynamo ONNX export, then ONNX Runtime at the export shape and at other batches and lengths.
@@ -128,3 +154,95 @@ def test_onnx_export_dynamic_batch_and_length(pattern: dict, gmat_config, tol, t
                 **tol("graph_rewrite"),
                 msg=lambda m, n=name, s=shape: f"{n} at (B, L)={s}: {m}",
             )
+
+
+# ---- the export recipe: gmat.modeling.export.export_onnx and `gmat export onnx` --------------------------
+def _export_cli(argv: list[str]) -> int:
+    """``gmat export ...`` through the command's own parser (the module the ``gmat`` CLI dispatches to)."""
+    parser = argparse.ArgumentParser(prog="gmat export")
+    export_command.add_cli_arguments(parser)
+    return export_command.cli_run(parser.parse_args(argv))
+
+
+def _padded(batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
+    inputs = _inputs(batch, length, seed)
+    inputs["token_type_ids"] = (torch.arange(length) >= length // 3).long().expand(batch, -1).contiguous()
+    return inputs
+
+
+EXPORT_MODELS = [
+    pytest.param(GmatForMaskedLM, {"attention_pattern": "chunked", "chunk_size": 4}, id="mlm-chunked"),
+    pytest.param(  # one token type (RoBERTa-like): no token_type_ids input
+        GmatModel,
+        {"attention_pattern": "window", "attention_window": 3, "type_vocab_size": 1},
+        marks=pytest.mark.slow,
+        id="base-window-one-type",
+    ),
+    pytest.param(
+        GmatForQuestionAnswering, {"attention_pattern": "dense"}, marks=pytest.mark.slow, id="qa-dense"
+    ),
+    pytest.param(
+        GmatForSequenceClassification,
+        {"attention_pattern": "chunked", "chunk_size": 8},
+        marks=pytest.mark.slow,
+        id="seqcls-chunked",
+    ),
+]
+
+
+@pytest.mark.parametrize(("model_class", "pattern"), EXPORT_MODELS)
+def test_export_onnx_command_round_trips(model_class, pattern: dict, gmat_config, tol, tmp_path) -> None:
+    """``gmat export onnx --model DIR --out FILE`` on a saved checkpoint (``export_onnx(model)`` for one case);
+    then ONNX Runtime, run here on its own, matches the eager model at other batches and lengths (ragged, one
+    block, the maximum 64)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = model_class(gmat_config(num_memory_tokens=3, **pattern)).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "onnx" / "gmat.onnx"
+    if model_class is GmatForSequenceClassification:  # the Python entry on a model object, unverified
+        assert export_module.export_onnx(model, out, verify=False) == out
+    else:
+        assert _export_cli(["onnx", "--model", str(tmp_path / "ckpt"), "--out", str(out)]) == 0
+    names = onnx_output_names(model)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if model.config.type_vocab_size > 1 else [])
+    assert [i.name for i in session.get_inputs()] == input_names
+    assert [o.name for o in session.get_outputs()] == names
+    for shape in [(3, 29), (1, 13), (4, 64)]:
+        inputs = {k: v for k, v in _padded(*shape, seed=2).items() if k in input_names}
+        with torch.no_grad():
+            want = model(**inputs)
+        got = session.run(names, {k: v.numpy() for k, v in inputs.items()})
+        for name, value in zip(names, got):
+            torch.testing.assert_close(
+                torch.from_numpy(value),
+                getattr(want, name),
+                **tol("graph_rewrite"),
+                msg=lambda m, n=name, s=shape: f"{n} at (B, L)={s}: {m}",
+            )
+    # The export's own check fails loudly on a graph that does not compute the model.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    with pytest.raises(RuntimeError, match="differs from PyTorch"):
+        export_module._verify(model, out, names, [inputs])
+
+
+def test_export_onnx_bad_input_exit_2(bert_config, tmp_path, caplog) -> None:
+    """A missing directory, a BERT checkpoint and a folder without config.json: one line naming --model."""
+    BertModel(bert_config()).save_pretrained(tmp_path / "bert")
+    (tmp_path / "empty").mkdir()
+    cases = {
+        tmp_path / "nowhere": "no such directory",
+        tmp_path / "bert": "config.json has model_type='bert', not 'gmat'; convert it first with gmat convert",
+        tmp_path / "empty": "not a GMAT checkpoint (no config.json)",
+    }
+    for model_dir, message in cases.items():
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert _export_cli(["onnx", "--model", str(model_dir), "--out", str(tmp_path / "x.onnx")]) == 2
+        assert [r.getMessage() for r in caplog.records] == [f"gmat export: --model {model_dir}: {message}"]
+    assert not (tmp_path / "x.onnx").exists()
+    with pytest.raises(SystemExit):  # only onnx is a format
+        _export_cli(["tflite", "--model", str(tmp_path / "bert"), "--out", str(tmp_path / "x")])

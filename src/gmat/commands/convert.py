@@ -1,4 +1,4 @@
-"""``gmat convert --from DIR --to DIR --num-memory M --pattern KIND --max-length L``: BERT -> GMAT checkpoint."""
+"""``gmat convert --from DIR --to DIR --num-memory M --pattern KIND --max-length L``: BERT family -> GMAT."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ logger = logging.getLogger(__name__)
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gmat convert``."""
     parser.add_argument(
-        "--from", dest="source", required=True, help="BERT checkpoint directory, or 'minilm' (the packaged MiniLM)"
+        "--from",
+        dest="source",
+        required=True,
+        help="checkpoint directory (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, DistilBERT; the family is "
+        "read from config.json) or 'minilm' (the packaged MiniLM)",
     )
     parser.add_argument("--to", dest="target", required=True, help="output GMAT checkpoint directory")
     parser.add_argument("--num-memory", type=int, required=True, help="number of memory slots M")

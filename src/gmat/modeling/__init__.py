@@ -1,4 +1,4 @@
-"""GMAT models in Hugging Face form, BERT → GMAT conversion, and the factory every run builds its model with.
+"""GMAT models in Hugging Face form, BERT-family → GMAT conversion, and the factory every run builds its model with.
 
 Importing this package registers ``model_type="gmat"`` with ``AutoConfig`` and the ``AutoModel*`` classes
 (``AutoModel``, ``AutoModelForMaskedLM``, ``AutoModelForSequenceClassification``,
@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from gmat.modeling.configuration_gmat import GmatConfig
-from gmat.modeling.convert import convert_bert_to_gmat
+from gmat.modeling.convert import convert_bert_to_gmat, convert_to_gmat
 from gmat.modeling.modeling_gmat import (
     GmatForMaskedLM,
     GmatForQuestionAnswering,
@@ -37,6 +37,7 @@ __all__ = [
     "GmatModelOutput",
     "GmatPreTrainedModel",
     "convert_bert_to_gmat",
+    "convert_to_gmat",
 ]
 
 AutoConfig.register(GmatConfig.model_type, GmatConfig, exist_ok=True)
