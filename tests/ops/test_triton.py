@@ -11,9 +11,7 @@ Tiers: a two-case interpreter smoke test runs by default; the interpreter matrix
 interpreter executes every tile op in numpy); the CUDA matrix is ``gpu``.
 """
 
-import importlib.util
 import os
-import pathlib
 import re
 
 import pytest
@@ -246,19 +244,3 @@ def test_split_covers_rows() -> None:
     for n_rows, tile, other, target in [(103, 16, 2, 4), (65600, 64, 16, 528), (5, 16, 1, 100)]:
         splits, per = tk._split(n_rows, tile, other, target)
         assert per % tile == 0 and (splits - 1) * per < n_rows <= splits * per
-
-
-def test_gpu_benchmark_script_imports() -> None:
-    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_triton.py"
-    spec = importlib.util.spec_from_file_location("gpu_triton", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    pat = _chunk(64, 512)
-    assert module.useful_flops(pat, 65536, heads=16, head_dim=64, batch=1, backward=False) == pytest.approx(
-        4 * 16 * 64 * pat.allowed_pairs(65536))
-    rows = [{"L": 16384, "pattern": "chunked512", "backend": "triton", "mode": "fwd", "ms": 0.5,
-             "tflops": 1.0, "peak_gib": 0.1, "speedup_vs_dense": 3.0},
-            {"L": 262144, "pattern": "window256", "backend": "flex", "mode": "fwd", "ms": None,
-             "skip": "why"}]
-    table = module.format_table(rows)
-    assert "triton" in table and "skipped: why" in table
