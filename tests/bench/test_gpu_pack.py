@@ -96,12 +96,14 @@ def test_gpu_sweep_runs_the_kernels_that_matter_first() -> None:
     gpu = yaml.safe_load((ROOT / "benchmarks/configs/gpu.yaml").read_text())
     dry = yaml.safe_load((ROOT / "benchmarks/configs/gpu-dry-run.yaml").read_text())
     assert gpu["device"] == "cuda" and gpu["dtype"] == "bfloat16" and (gpu["heads"], gpu["head_dim"]) == (16, 64)
-    first = gpu["sweeps"][:2]
+    first, m_sweep, headline = gpu["sweeps"][:2], gpu["sweeps"][2], gpu["sweeps"][3]
     assert [s["engines"] for s in first] == [["triton", "blocked"]] * 2
     assert all(s["seq_lens"] == [4096, 16384, 65536, 262144] and s["num_memory"] == [64] for s in first)
     assert [(s["kind"], s["sizes"]) for s in first] == [("chunked", [512]), ("window", [256])]
-    yardsticks = set(gpu["sweeps"][2]["engines"])
-    assert {"dense_sdpa", "flex", "naive_chunk_mem_sdpa", "hf_longformer"} <= yardsticks
+    assert m_sweep["engines"] == ["triton", "blocked"] and m_sweep["num_memory"] == [0, 64, 256, 1024]
+    # then the yardsticks, at the headline length first (the side-by-side point)
+    assert headline["seq_lens"] == [65536]
+    assert {"dense_sdpa", "flex", "naive_chunk_mem_sdpa", "hf_longformer"} <= set(headline["engines"])
     assert gpu["sweeps"][-1]["name"] == "M-sweep" and gpu["sweeps"][-1]["seq_lens"] == [65536]
     # the dry run mirrors the sweep structure, so it runs the same code paths
     shape = lambda c: [(s["name"], s["kind"], s.get("engines")) for s in c["sweeps"]]  # noqa: E731
