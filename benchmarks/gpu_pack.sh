@@ -40,7 +40,7 @@ step() {
   [ "$hard" -gt "$left" ] && hard=$left
   echo "== $name (deadline ${deadline}s, hard timeout ${hard}s) at $(date -u +%T)" | tee -a "$LOG"
   timeout --signal=TERM --kill-after=5 "$hard" \
-    "$PY" benchmarks/gpu_pack.py "$name" --out "$OUT" --deadline-s "$deadline" "${DRY[@]}" 2>&1 | tee -a "$LOG"
+    "$PY" benchmarks/gpu_pack.py "$name" --out "$OUT" --deadline-s "$deadline" ${DRY[@]+"${DRY[@]}"} 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
   echo "== $name exit code $rc after $(( $(date +%s) - start ))s" | tee -a "$LOG"
   if [ "$rc" -ne 0 ]; then  # killed or failed: record the exit code and re-render from the saved rows

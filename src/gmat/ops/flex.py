@@ -31,10 +31,10 @@ def _compiled_flex() -> Callable[..., torch.Tensor]:
     from torch.nn.attention.flex_attention import flex_attention
 
     config = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                 "accumulated_cache_size_limit"):  # old and new names of the two settings
-        if hasattr(config, name):
-            setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    for name, old_name in (("recompile_limit", "cache_size_limit"),  # renamed in torch 2.6; set one name only
+                           ("accumulated_recompile_limit", "accumulated_cache_size_limit")):
+        name = name if hasattr(config, name) else old_name
+        setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
     return torch.compile(flex_attention, dynamic=False)
 
 
