@@ -145,8 +145,10 @@ def markdown(state: dict[str, Any]) -> str:
                 _fmt(e.get(k)) for k in ("out", "dq", "dk", "dv")) + f" | {_fmt(r.get('tol'))} |")
     ops = state.get("ops")
     if ops:
+        from benchlib.report import add_speedups
         from benchlib.report import markdown as ops_markdown
 
+        add_speedups(ops["results"])  # the runner adds them only at its end
         body = ops_markdown(ops).splitlines()
         lines += ["", "## Op sweep", ""] + ["#" + x if x.startswith("#") else x for x in body[1:]]
     model = state.get("model")
