@@ -11,6 +11,7 @@ Shape letters as in ``gmat.ops`` (K = C for chunks, 2w for a window, the keys pe
   chunked only, L a multiple of C, no padding;
 * ``blocked`` / ``flex`` / ``triton``: ``gmat_attention`` with that backend (``triton`` on CPU runs the same
   kernels under Triton's interpreter, when ``TRITON_INTERPRET=1`` was set before triton was imported);
+* ``triton_w4``: the same kernels launched with ``num_warps=4`` instead of the default, to compare;
 * ``blocked_proj``: Q/K/V projections (d -> d, d = H*D) + ``blocked``, the like-for-like rival of the HF
   modules;
 * ``hf_longformer``: ``LongformerSelfAttention`` (its own projections), ``attention_window`` = K, the first M
@@ -195,6 +196,20 @@ def _build_triton(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Cas
     return Case(leaves=(q, k, v), forward=lambda: triton_attention(q, k, v, pattern), oracle=_reference(pattern))
 
 
+def _build_triton_launch(**launch: int) -> Callable[[Experiment, bool, BenchConfig], Case]:
+    """``triton`` with its default launch config changed (e.g. ``num_warps=4``): a tuning variant to compare."""
+    def build(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
+        from gmat.ops.triton_kernels import default_config, triton_attention
+
+        q, k, v = _qkv(exp, exp.total_len, requires_grad, cfg.seed)
+        pattern = exp.pattern
+        config = dataclasses.replace(default_config(exp.head_dim, q.device), **launch)
+        return Case(leaves=(q, k, v), forward=lambda: triton_attention(q, k, v, pattern, config=config),
+                    oracle=_reference(pattern))
+
+    return build
+
+
 def _triton_supports(exp: Experiment, mode: str) -> str | None:
     import importlib.util
 
@@ -360,6 +375,8 @@ def default_engines(bigbird_random_blocks: int = 3) -> dict[str, Engine]:
         Engine("naive_chunk_mem_sdpa", "naive chunk reshape + SDPA with memory keys, + memory rows",
                _build_naive_chunk_memory, supports=_naive_supports),
         Engine("triton", "gmat triton", _build_triton, supports=_triton_supports),
+        Engine("triton_w4", "gmat triton with num_warps=4 (a launch variant; default 8 on CUDA)",
+               _build_triton_launch(num_warps=4), supports=_triton_supports),
         Engine("blocked", "gmat blocked", _build_gmat("blocked")),
         Engine("flex", "gmat flex", _build_gmat("flex"), supports=_flex_supports),
         Engine("blocked_proj", "QKV proj + gmat blocked", _build_blocked_proj),

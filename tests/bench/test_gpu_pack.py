@@ -76,7 +76,7 @@ def test_dry_run_schema(dry_run: Path) -> None:
     results = ops["results"]
     first = [r["engine"] for r in results[:4]]
     assert first == ["triton", "triton", "blocked", "blocked"]  # the kernels that matter are timed first
-    for engine in ("triton", "blocked", "dense_sdpa", "naive_chunk_mem_sdpa", "hf_longformer"):
+    for engine in ("triton", "blocked", "triton_w4", "dense_sdpa", "naive_chunk_mem_sdpa", "hf_longformer"):
         assert any(r["engine"] == engine and r["status"] == "ok" and r["mode"] == "fwd_bwd" for r in results)
     assert {r["sweep"] for r in results} == {"L-chunked", "L-window", "M-sweep"}
 
