@@ -45,7 +45,7 @@ STATE, MARKDOWN, PNG, LOG = "gpu-pack.json", "gpu-pack.md", "gpu-pack.png", "gpu
 STEPS = ("env", "correctness", "ops", "model")
 PNG_EVERY_S = 20.0
 
-# Correctness cases: (B, H, L, D, kind, C or w, M, padding). Odd L, every D and M of the issue, both patterns,
+# Correctness cases: (B, H, L, D, kind, C or w, M, padding). Odd L, D in {32, 64, 128}, M in {0, 7, 64}, both patterns,
 # padding of half an example ("half"), of a whole example ("full": with M = 0 its rows have no key at all) and
 # padded keys/values filled with NaN ("half-nan": they must never be read).
 CASES = [

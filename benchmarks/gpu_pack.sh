@@ -28,6 +28,14 @@ LOG="$OUT/gpu-pack.log"
 TOTAL_S="${GMAT_PACK_TOTAL_S:-510}"  # every step's hard timeout is cut to what is left of this
 start=$(date +%s)
 
+# The device returns files of at most 16 MiB: a log grown past 8 MiB keeps its first 2 and last 4 MiB.
+trim_log() {
+  if [ "$(stat -c %s "$LOG")" -gt 8388608 ]; then
+    { head -c 2097152 "$LOG"; printf '\n[... log cut to stay under the 16 MiB file limit ...]\n'; tail -c 4194304 "$LOG"; } \
+      >"$LOG.cut" && mv "$LOG.cut" "$LOG"
+  fi
+}
+
 # step NAME DEADLINE_S HARD_TIMEOUT_S: the step starts no row after DEADLINE_S; TIMEOUT kills it after HARD.
 step() {
   local name=$1 deadline=$2 hard=$3 left rc
@@ -43,6 +51,7 @@ step() {
     "$PY" benchmarks/gpu_pack.py "$name" --out "$OUT" --deadline-s "$deadline" ${DRY[@]+"${DRY[@]}"} 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
   echo "== $name exit code $rc after $(( $(date +%s) - start ))s" | tee -a "$LOG"
+  trim_log
   if [ "$rc" -ne 0 ]; then  # killed or failed: record the exit code and re-render from the saved rows
     timeout 20 "$PY" benchmarks/gpu_pack.py finish "$name" "$rc" --out "$OUT" 2>&1 | tee -a "$LOG"
   fi

@@ -1,4 +1,4 @@
-"""benchmarks/bench_model.py (the whole-model MLM step benchmark of issue #7) on tiny CPU models."""
+"""benchmarks/bench_model.py (the whole-model MLM training-step benchmark) on tiny CPU models."""
 
 from __future__ import annotations
 

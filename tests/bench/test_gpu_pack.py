@@ -101,7 +101,7 @@ def test_gpu_sweep_runs_the_kernels_that_matter_first() -> None:
     assert all(s["seq_lens"] == [4096, 16384, 65536, 262144] and s["num_memory"] == [64] for s in first)
     assert [(s["kind"], s["sizes"]) for s in first] == [("chunked", [512]), ("window", [256])]
     assert m_sweep["engines"] == ["triton", "blocked"] and m_sweep["num_memory"] == [0, 64, 256, 1024]
-    # then the yardsticks, at the headline length first (the side-by-side point)
+    # then the yardsticks, at the headline length first (the side-by-side point of the targets)
     assert headline["seq_lens"] == [65536]
     assert {"dense_sdpa", "flex", "naive_chunk_mem_sdpa", "hf_longformer"} <= set(headline["engines"])
     assert gpu["sweeps"][-1]["name"] == "M-sweep" and gpu["sweeps"][-1]["seq_lens"] == [65536]
