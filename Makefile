@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-slow test-gpu bench lint clean
+.PHONY: setup demo test test-slow test-gpu bench gpu-pack lint clean
 
 # torch is installed first and pinned: on CPU machines torch==2.13.0 is a local CPU wheel, while an
 # unpinned torch would pull a multi-GB CUDA build.
@@ -26,11 +26,16 @@ test: setup  ## the fast CPU test-suite
 test-slow: setup  ## experiments and long checks
 	$(BIN)/python -m pytest -m slow
 
-test-gpu: setup  ## needs CUDA
-	$(BIN)/python -m pytest -m gpu
+# The GPU targets install nothing: a GPU machine runs its own python3 (CUDA torch, triton, transformers) with
+# gmat taken from src/, so they do not depend on `setup` (which would install the CPU torch wheel).
+test-gpu:  ## the CUDA tests, with the machine's python3 and no install: PYTHONPATH=src python3 -m pytest -m gpu tests/ops
+	PYTHONPATH=src $(PYTHON) -m pytest -m gpu tests/ops
 
-bench: setup  ## quick attention benchmark
-	$(BIN)/gmat bench attention --quick
+gpu-pack:  ## the GPU evidence pack (< 9 min on one H100/H200): OUT=DIR make gpu-pack
+	PYTHON=$(PYTHON) bash benchmarks/gpu_pack.sh
+
+bench: setup  ## quick attention benchmark (< 90 s on 2 CPU cores)
+	$(BIN)/python benchmarks/bench_attention.py --quick
 
 lint: setup  ## style and architecture: ruff lint + format, and the layer contracts (import-linter)
 	$(BIN)/ruff check src tests benchmarks scripts

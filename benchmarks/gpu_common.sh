@@ -1,4 +1,4 @@
-# Sourced by the GPU scripts (gpu_run.sh, gpu_issue7.sh): repository root, $OUT, $PY, offline and src/ on the path.
+# Sourced by scripts/rc_gpu.sh: repository root, $OUT, $PY, offline and src/ on the path.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[1]}")/.."
 OUT="${OUT:-./bench-results/gpu}"

@@ -1,4 +1,4 @@
-"""The attention benchmark end to end on a tiny CPU sweep (seconds), and its correctness gate."""
+"""The attention benchmark (`benchmarks/benchlib`) end to end on a tiny CPU sweep, and its correctness gate."""
 
 from __future__ import annotations
 
@@ -9,19 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from gmat.bench.attention import (
-    BenchConfig,
-    Case,
-    Engine,
-    SweepSpec,
-    _MemoryMeter,
-    config_from_dict,
-    default_engines,
-    load_config,
-    quick_config,
-    run_benchmark,
-)
+from benchlib.config import BenchConfig, SweepSpec, config_from_dict, load_config, quick_config
+from benchlib.engines import Case, Engine, default_engines
+from benchlib.measure import MemoryMeter
+from benchlib.runner import run_benchmark
 from gmat.ops import gmat_attention
+from repo_scripts import load_script
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "configs"
 
@@ -79,6 +72,35 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     assert "| L | dense_sdpa | masked_sdpa |" in md and "| M |" in md and "`flex` skipped" in md
 
 
+def test_quick_sweep_uses_the_same_pattern_naive_engine() -> None:
+    # The quick tables sit at M=64: their naive path must compute the memory too.
+    engines = quick_config().engines
+    assert "naive_chunk_mem_sdpa" in engines and "naive_chunk_sdpa" not in engines
+
+
+def test_memoryless_naive_engine_is_labelled(tmp_path: Path) -> None:
+    cfg = tiny_config(engines=("naive_chunk_sdpa", "blocked"), sweeps=TINY_SWEEPS[:1], modes=("fwd",))
+    payload = run_benchmark(cfg, tmp_path)
+    naive = [r for r in payload["results"] if r["engine"] == "naive_chunk_sdpa"]
+    assert naive and all("WITHOUT memory" in r["note"] for r in naive)
+    assert not any(r.get("note") for r in payload["results"] if r["engine"] == "blocked")
+    md = (tmp_path / "tiny-attention.md").read_text()
+    assert "| L | naive_chunk_sdpa (no memory) | blocked |" in md
+    assert "Note: `naive_chunk_sdpa` computes chunks WITHOUT memory" in md
+
+
+def test_triton_engine_runs_under_the_interpreter() -> None:
+    from gmat.ops.triton_kernels import interpreter_usable
+
+    if not interpreter_usable():
+        pytest.skip("needs TRITON_INTERPRET=1 before triton is imported (tests/conftest.py sets it without CUDA)")
+    sweep = SweepSpec(name="t", kind="window", seq_lens=(64,), num_memory=(4,), sizes=(16,))
+    payload = run_benchmark(tiny_config(engines=("triton",), sweeps=(sweep,), heads=1, check_seq_len=64))
+    (check,) = payload["checks"]
+    assert check["passed"] and check["with_grad"] and check["check"] == "reference", check
+    assert [r["status"] for r in payload["results"]] == ["ok", "ok"]
+
+
 def _wrong_build(exp, requires_grad, cfg):  # noqa: ANN001, ANN202 - a deliberately broken engine
     case = default_engines()["blocked"].build(exp, requires_grad, cfg)
     q, k, v = case.leaves
@@ -118,7 +140,7 @@ def test_configs_load_and_start_with_their_command(name: str) -> None:
     assert cfg.sweeps and set(cfg.engines) <= set(default_engines())
     first = (CONFIGS / name).read_text().splitlines()[0]
     assert first.startswith("# ") and ("gmat bench attention" in first or "bench_attention.py" in first
-                                       or "gpu_run.sh" in first)
+                                       or "gpu_pack.sh" in first)
 
 
 def test_unknown_config_keys_raise() -> None:
@@ -131,7 +153,7 @@ def test_unknown_config_keys_raise() -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
 def test_cpu_peak_memory_sees_a_known_allocation() -> None:
-    meter = _MemoryMeter("cpu")
+    meter = MemoryMeter("cpu")
     baseline = meter.start()
     x = torch.ones(32 * 2**20 // 4)  # 32 MiB, touched
     peak = meter.peak(baseline)
@@ -140,17 +162,17 @@ def test_cpu_peak_memory_sees_a_known_allocation() -> None:
 
 
 def test_cli_runs_a_config(tmp_path: Path) -> None:
-    from gmat.cli import main
+    main = load_script("benchmarks/bench_attention.py").main
 
     config = tmp_path / "tiny.yaml"
     config.write_text(
-        "# gmat bench attention --config tiny.yaml\n"
+        "# python benchmarks/bench_attention.py --config tiny.yaml\n"
         "name: cli\nheads: 2\nhead_dim: 16\nengines: [blocked, dense_sdpa]\nmodes: [fwd]\n"
         "check_seq_len: 256\n"
         "warmup: 0\nmin_repeats: 1\nmax_repeats: 1\nmin_time_s: 0\nrepeat_budget_s: 0\n"
         "sweeps:\n  - {name: s, kind: window, seq_lens: [256], num_memory: [2], sizes: [16]}\n")
-    assert main(["bench", "attention", "--config", str(config), "--out", str(tmp_path / "out")]) == 0
+    assert main(["--config", str(config), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "cli-attention.md").exists()
-    assert main(["bench", "attention", "--from-json", str(tmp_path / "out" / "cli-attention.json"),
+    assert main(["--from-json", str(tmp_path / "out" / "cli-attention.json"),
                  "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "cli-attention.png").exists()

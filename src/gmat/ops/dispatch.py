@@ -249,7 +249,7 @@ def _triton_check(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
 
 
 # priority None: `auto` never picks it until the GPU crossover against `blocked`/`flex` is measured
-# (benchmarks/gpu_triton.py, docs/benchmarks.md).
+# (benchmarks/gpu_pack.sh, docs/benchmarks.md).
 register_backend(Backend(
     name="triton", fn=_triton_fn,
     devices=frozenset({"cuda"}), dtypes=frozenset({torch.float16, torch.bfloat16}),

@@ -7,7 +7,8 @@ in ``dispatch.py`` loads it on first use. Kernels are decorated when the module 
 
 Tensors are ``(B, H, M+L, D)`` with the memory rows first (docs/design.md §1). Row ``t < M`` is memory slot
 ``t``; row ``M + i`` is sequence position ``i``. Nothing is copied or padded: every kernel reads Q, K, V
-in place through their strides and masks the tails.
+in place through their strides and masks the tails. Padded keys and values are never loaded (masked loads
+give zeros), so NaN or Inf stored at padded positions cannot leak into any output or gradient.
 
 Forward
     * ``_fwd_seq_kernel``: one program per block of ``BLOCK_M`` sequence queries. It runs one online
@@ -127,21 +128,20 @@ def _fwd_tiles(acc, l_i, m_i, q, q_pos, K, V, sk_n, sv_n, KEY_OK, lo, hi, M, qk_
     offs_d = tl.arange(0, D)
     for start in range(lo, hi, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)  # key rows
-        in_range = rows < hi
-        # (D, BN)
-        k_t = tl.load(K + rows[None, :] * sk_n + offs_d[:, None], mask=in_range[None, :], other=0.0)
-        s = _dot(q, k_t) * qk_scale  # (BM, BN), log2 units
-        ok = in_range[None, :]
+        load = rows < hi  # keys read from memory: padded keys are never read (they may hold NaN or Inf)
         if HAS_PAD:
-            real = tl.load(KEY_OK + (rows - M), mask=in_range & (rows >= M), other=1)
-            ok = ok & (real != 0)[None, :]
-        ok = _pattern_ok(ok, q_pos[:, None], (rows - M)[None, :], MASK_KIND, SIZE)
+            real = tl.load(KEY_OK + (rows - M), mask=load & (rows >= M), other=1)
+            load = load & (real != 0)
+        # (D, BN)
+        k_t = tl.load(K + rows[None, :] * sk_n + offs_d[:, None], mask=load[None, :], other=0.0)
+        s = _dot(q, k_t) * qk_scale  # (BM, BN), log2 units
+        ok = _pattern_ok(load[None, :], q_pos[:, None], (rows - M)[None, :], MASK_KIND, SIZE)
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))  # m_i starts finite, so m_new is finite
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + rows[:, None] * sv_n + offs_d[None, :], mask=in_range[:, None], other=0.0)  # (BN, D)
+        v = tl.load(V + rows[:, None] * sv_n + offs_d[None, :], mask=load[:, None], other=0.0)  # (BN, D)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v)
         m_i = m_new
     return acc, l_i, m_i
@@ -154,16 +154,15 @@ def _dq_tiles(dq, q, do, lse, delta, q_pos, K, V, sk_n, sv_n, KEY_OK, lo, hi, M,
     offs_d = tl.arange(0, D)
     for start in range(lo, hi, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)
-        in_range = rows < hi
-        # K and V tiles transposed: (D, BN)
-        k_t = tl.load(K + rows[None, :] * sk_n + offs_d[:, None], mask=in_range[None, :], other=0.0)
-        v_t = tl.load(V + rows[None, :] * sv_n + offs_d[:, None], mask=in_range[None, :], other=0.0)
-        s = _dot(q, k_t) * qk_scale
-        ok = in_range[None, :]
+        load = rows < hi  # padded keys are never read (they may hold NaN or Inf)
         if HAS_PAD:
-            real = tl.load(KEY_OK + (rows - M), mask=in_range & (rows >= M), other=1)
-            ok = ok & (real != 0)[None, :]
-        ok = _pattern_ok(ok, q_pos[:, None], (rows - M)[None, :], MASK_KIND, SIZE)
+            real = tl.load(KEY_OK + (rows - M), mask=load & (rows >= M), other=1)
+            load = load & (real != 0)
+        # K and V tiles transposed: (D, BN)
+        k_t = tl.load(K + rows[None, :] * sk_n + offs_d[:, None], mask=load[None, :], other=0.0)
+        v_t = tl.load(V + rows[None, :] * sv_n + offs_d[:, None], mask=load[None, :], other=0.0)
+        s = _dot(q, k_t) * qk_scale
+        ok = _pattern_ok(load[None, :], q_pos[:, None], (rows - M)[None, :], MASK_KIND, SIZE)
         p = tl.where(ok, tl.math.exp2(s - lse[:, None]), 0.0)  # where, not multiply: exp2 may overflow
         dp = _dot(do, v_t)  # (BM, BN)
         ds = p * (dp - delta[:, None])
@@ -401,11 +400,12 @@ def _dkdv_seq_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, KEY_OK,
     live = pos < L
     rows = M + pos
     offs_d = tl.arange(0, D)
-    k = tl.load(K + rows[:, None] * sk_n + offs_d[None, :], mask=live[:, None], other=0.0)  # (BN, D)
-    v = tl.load(V + rows[:, None] * sv_n + offs_d[None, :], mask=live[:, None], other=0.0)
     key_ok = live
     if HAS_PAD:
         key_ok = key_ok & (tl.load(KEY_OK + pos, mask=live, other=0) != 0)
+    # padded keys are never read (they may hold NaN or Inf): zeros, and their dK, dV stay zero
+    k = tl.load(K + rows[:, None] * sk_n + offs_d[None, :], mask=key_ok[:, None], other=0.0)  # (BN, D)
+    v = tl.load(V + rows[:, None] * sv_n + offs_d[None, :], mask=key_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
     # every memory query sees every (real) key
