@@ -25,6 +25,17 @@ __all__ = ["add_cli_arguments", "cli_run"]
 logger = logging.getLogger(__name__)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an int >= 1 (argparse names the flag in its one-line error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gmat train``."""
     parser.add_argument("config", help="YAML run config, e.g. configs/synthetic/majority-chunked-m8.yaml")
@@ -37,7 +48,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--stop-after",
-        type=int,
+        type=_positive_int,
         default=None,
         metavar="STEPS",
         help="stop with a checkpoint after this many steps of this invocation (resume later)",

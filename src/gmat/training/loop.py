@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 import warnings
 from functools import partial
@@ -239,10 +240,10 @@ def _metric_value(metrics: dict[str, Any], metric: str) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def _improves(value: float, best: dict[str, Any] | None, mode: str) -> bool:
+def _improves(value: float, best: dict[str, Any] | None, metric: str, mode: str) -> bool:
     if not math.isfinite(value):  # a NaN / inf metric is never the best
         return False
-    if best is None or best.get("value") is None:
+    if best is None or best.get("value") is None or best.get("metric") != metric:  # none yet by this metric
         return True
     return value > best["value"] if mode == "max" else value < best["value"]
 
@@ -488,7 +489,7 @@ def _train(
                 tc.max_nonfinite_steps,
             )
         with warnings.catch_warnings():  # a skipped first step: torch warns that the scheduler steps first
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -535,7 +536,7 @@ def _train(
             last_eval = evaluate_model(model, task, tc.eval_batch_size, info, autocast=autocast, out_dir=eval_dir)
             log.write({"step": step, "split": "eval", **last_eval})
             value = _metric_value(last_eval, best_metric)
-            if _improves(value, best, best_mode):
+            if _improves(value, best, best_metric, best_mode):
                 if _finite_model(model, last_eval):
                     best = {"step": step, "metric": best_metric, "mode": best_mode, "value": value}
                     if info.is_main and tc.save_checkpoints:
