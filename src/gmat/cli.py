@@ -4,6 +4,10 @@ Each subcommand is a module of ``gmat.commands`` exposing ``add_cli_arguments(pa
 ``cli_run(args) -> int``; a module is imported only when its subcommand runs, so ``gmat --help`` stays fast.
 Task-specific evaluators (``gmat eval mlm ...``, ``gmat eval rc ...``) are nested commands with their own
 arguments. Benchmarks are scripts outside the package (``benchmarks/``).
+
+Errors: bad input (an invalid config or flag, a missing or corrupt file, unreadable data) is reported in one
+line, ``gmat <command>: <message>``, with exit status 2 and no traceback; a diverged training run exits
+with 1. ``--debug`` (or ``GMAT_DEBUG=1``) re-raises instead, with the full traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # subcommand -> (module providing add_cli_arguments / cli_run, one-line help)
@@ -32,6 +37,18 @@ _NESTED = {
 }
 
 
+# Exceptions of the library that describe the user's input (their message names the key, flag or file): one
+# line and exit status 2, or the exception's own ``exit_code`` (TrainingDiverged: 1). Library classes are
+# matched by name so that this module imports nothing heavy.
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+_USER_ERROR_NAMES = frozenset({"CheckpointError", "CorpusError", "TrainingDiverged"})
+_DEBUG_HELP = "show the full traceback of an error (also GMAT_DEBUG=1)"
+
+
+def _is_user_error(err: BaseException) -> bool:
+    return isinstance(err, _USER_ERRORS) or any(c.__name__ in _USER_ERROR_NAMES for c in type(err).__mro__)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only ``command``'s module is imported (startup stays fast).
 
@@ -40,9 +57,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(prog="gmat", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in _SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
         if command is None or command == name:
             module = importlib.import_module(module_name)
             module.add_cli_arguments(p)
@@ -56,6 +75,7 @@ def build_nested_parser(key: tuple[str, str]) -> argparse.ArgumentParser:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"gmat {' '.join(key)}", description=help_text)
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     getattr(module, add_name)(parser)
     parser.set_defaults(_run=getattr(module, run_name))
     return parser
@@ -72,7 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = build_parser(command).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return int(args._run(args) or 0)
+    name = " ".join(key) if key in _NESTED else command
+    try:
+        return int(args._run(args) or 0)
+    except Exception as err:
+        debug = getattr(args, "debug", False) or os.environ.get("GMAT_DEBUG", "") not in ("", "0")
+        if debug or not _is_user_error(err):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        logging.getLogger("gmat").error("gmat %s: %s", name, message)
+        return int(getattr(err, "exit_code", 2))
 
 
 if __name__ == "__main__":

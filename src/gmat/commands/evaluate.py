@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,12 +17,29 @@ import torch
 from gmat.commands.common import add_override_argument
 from gmat.tasks.mlm import DEFAULT_CACHE_DIR, evaluate_mlm
 from gmat.tasks.rc import evaluate_rc
+from gmat.training import safe_json
 from gmat.training.checkpoint import CheckpointError
 from gmat.training.evaluate import evaluate_run
 
 __all__ = ["add_cli_arguments", "add_mlm_arguments", "add_rc_arguments", "cli_run", "run_mlm", "run_rc"]
 
 logger = logging.getLogger(__name__)
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an int >= ``low`` (argparse names the flag in its one-line error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +66,7 @@ def cli_run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, CheckpointError) as err:
         logger.error("%s", err)
         return 2
-    print(json.dumps(result, indent=2))
+    print(safe_json.dumps(result, indent=2))
     return 0
 
 
@@ -63,15 +80,21 @@ def add_mlm_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help='corpus: .jsonl of {"text": ...} documents, .txt, a folder, or hf:NAME[:CONFIG][@SPLIT]',
     )
-    parser.add_argument("--length", type=int, default=None, help="L (default: the model's maximum length)")
-    parser.add_argument("--batch-size", type=int, default=8, help="examples per forward pass (default 8)")
+    parser.add_argument(
+        "--length", type=_int_at_least(2), default=None, help="L (default: the model's maximum length)"
+    )
+    parser.add_argument(
+        "--batch-size", type=_int_at_least(1), default=8, help="examples per forward pass (default 8)"
+    )
     parser.add_argument(
         "--split-chunk-size",
-        type=int,
+        type=_int_at_least(1),
         default=None,
         help="C of the outside-chunk split (default: the model's chunk size, else 128)",
     )
-    parser.add_argument("--max-examples", type=int, default=0, help="evenly spaced examples to use (0 = all)")
+    parser.add_argument(
+        "--max-examples", type=_int_at_least(0), default=0, help="evenly spaced examples to use (0 = all)"
+    )
     parser.add_argument(
         "--seed", type=int, default=1234, help="masking seed (same seed = same masked tokens)"
     )
@@ -85,7 +108,9 @@ def add_mlm_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokenizer", default=None, help="tokenizer folder (default: model folder, else MiniLM)"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads of torch (0 = torch's default)")
+    parser.add_argument(
+        "--threads", type=_int_at_least(0), default=0, help="CPU threads of torch (0 = torch's default)"
+    )
     parser.add_argument(
         "--output",
         default=None,
@@ -115,7 +140,7 @@ def run_mlm(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:  # CorpusError is a ValueError
         logger.error("%s", err)
         return 2
-    text = json.dumps(result, indent=2)
+    text = safe_json.dumps(result, indent=2)
     print(text)
     if args.output != "-":
         out = (
@@ -148,12 +173,16 @@ def add_rc_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-questions",
-        type=int,
+        type=_int_at_least(0),
         default=0,
         help="score a deterministic subsample of this many questions (default: all)",
     )
-    parser.add_argument("--max-answer-length", type=int, default=None, help="in tokens (default 30)")
-    parser.add_argument("--batch-size", type=int, default=8, help="features per inference batch (default 8)")
+    parser.add_argument(
+        "--max-answer-length", type=_int_at_least(1), default=None, help="in tokens (default 30)"
+    )
+    parser.add_argument(
+        "--batch-size", type=_int_at_least(1), default=8, help="features per inference batch (default 8)"
+    )
     parser.add_argument(
         "--out",
         default=None,
@@ -182,7 +211,7 @@ def run_rc(args: argparse.Namespace) -> int:
         logger.error("gmat eval rc: %s", err)
         return 2
     print(
-        json.dumps(
+        safe_json.dumps(
             {
                 k: result[k]
                 for k in ("em", "f1", "count", "answers_truncated", "by_distance", "length", "mode")

@@ -83,7 +83,28 @@ def _source_files(source: Path) -> list[Path]:
     return [source]
 
 
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> CorpusError:
+    """The error of a file that is not UTF-8, naming its first bad line (found by a second, binary pass)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return CorpusError(
+                    f"{path}:{lineno}: not valid UTF-8 (bytes {bad.object[bad.start : bad.end + 3]!r} at column "
+                    f"{bad.start + 1}); re-encode the file as UTF-8"
+                )
+    return CorpusError(f"{path}: not valid UTF-8 ({err.reason}); re-encode the file as UTF-8")
+
+
 def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    try:
+        yield from _read_jsonl_lines(path, text_field)
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from err
+
+
+def _read_jsonl_lines(path: Path, text_field: str) -> Iterator[str]:
     seen = 0
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -108,6 +129,13 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
 
 
 def _read_txt(path: Path) -> Iterator[str]:
+    try:
+        yield from _read_txt_lines(path)
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from err
+
+
+def _read_txt_lines(path: Path) -> Iterator[str]:
     # streamed line by line: a blank (or whitespace-only) line ends a document
     seen = 0
     lines: list[str] = []

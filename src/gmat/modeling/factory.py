@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 
 from gmat.modeling.configuration_gmat import GmatConfig
 from gmat.modeling.convert import convert_bert_to_gmat, is_bert_checkpoint
-from gmat.ops import AttentionPattern
+from gmat.ops import AttentionPattern, list_backends
 
 __all__ = ["ModelSettings", "build_model", "gmat_config"]
 
@@ -68,9 +68,39 @@ class ModelSettings:
     num_decoder_layers: int = 2
 
     def __post_init__(self) -> None:
+        self._check_sizes()
         pattern = self.pattern()  # the one kind <-> size rule (gmat.ops.AttentionPattern), keys named model.*
         object.__setattr__(self, "chunk_size", pattern.chunk_size)
         object.__setattr__(self, "attention_window", pattern.window)
+
+    def _check_sizes(self) -> None:
+        """The ``GmatConfig`` rules of these fields, checked here so that an error names the ``model.*`` key."""
+        minimum = {
+            "hidden_size": 1,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 1,
+            "intermediate_size": 1,
+            "num_encoder_layers": 1,
+            "num_bottleneck_layers": 0,
+            "num_decoder_layers": 1,
+        }
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"model.{name} must be an int >= {low}, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} must be divisible by "
+                f"model.num_attention_heads={self.num_attention_heads}"
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must be a probability in [0, 1), got {getattr(self, name)!r}")
+        if not self.initializer_range > 0:
+            raise ValueError(f"model.initializer_range must be > 0, got {self.initializer_range!r}")
+        backends = ["auto", *list_backends()]
+        if self.attn_backend not in backends:
+            raise ValueError(f"model.attn_backend must be one of {backends}, got {self.attn_backend!r}")
 
     def pattern(self) -> AttentionPattern:
         """The attention pattern of these settings.

@@ -7,9 +7,13 @@ The loop (``gmat.training.loop.train``) knows nothing about any task beyond this
 * ``batch("train", indices)`` — the training examples at global indices (a pure function of the index, so a
   data-parallel or resumed run sees the same global batches);
 * ``forward_loss(model, batch)`` — ``(outputs, loss)``;
-* ``evaluate(model, ...)`` — a metrics dictionary, identical on every rank; ``metric_name`` is its key that
-  picks the best checkpoint;
+* ``evaluate(model, ...)`` — a metrics dictionary, identical on every rank; ``metric_name`` is its headline
+  key, and the key that picks the best checkpoint unless the task names another in an optional ``best_metric``
+  attribute (MLM: ``mlm_loss``) or the run sets ``train.best_metric``;
 * ``checkpoint_files()`` — extra files (a tokenizer) saved next to every checkpoint's weights.
+
+A prediction from a row of non-finite logits is never a class: ``prediction_is_finite`` marks those rows,
+and a task's counts score them as wrong (argmax of an all-NaN row would otherwise say class 0).
 
 Most tasks score a split by summing additive statistics over batches and ranks (``CountingTask``): they give
 ``iter_eval`` / ``metric_counts`` / ``compute_metrics`` and inherit ``evaluate`` and ``forward_loss``.
@@ -26,7 +30,17 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["CountingTask", "Reduce", "Task", "hardware_description"]
+__all__ = [
+    "IGNORE_INDEX",
+    "CountingTask",
+    "Reduce",
+    "Task",
+    "check_batch",
+    "hardware_description",
+    "prediction_is_finite",
+]
+
+IGNORE_INDEX = -100
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a CPU tensor over the data-parallel ranks
 
@@ -35,7 +49,7 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a CPU tensor over the da
 class Task(Protocol):
     """The interface between a task and the training loop (see the module docstring)."""
 
-    metric_name: str  # the key of ``evaluate``'s result that picks the best checkpoint (higher is better)
+    metric_name: str  # the headline key of ``evaluate``'s result (and the default ``best_metric``)
 
     @property
     def seq_len(self) -> int:
@@ -67,6 +81,54 @@ class Task(Protocol):
 
     def checkpoint_files(self) -> dict[str, bytes]:
         """Files saved next to every checkpoint's weights (``{}`` when none)."""
+
+
+def prediction_is_finite(logits: torch.Tensor) -> torch.Tensor:
+    """``(...,)`` bool: True where the row of class scores ``logits (..., K)`` is all finite.
+
+    A row with a NaN or an infinity has no meaningful argmax (``argmax`` of an all-NaN row is 0), so counts
+    score its prediction as wrong.
+    """
+    return torch.isfinite(logits).all(dim=-1)
+
+
+# batch key -> the model config field that bounds its ids
+_ID_LIMITS = {"input_ids": "vocab_size", "token_type_ids": "type_vocab_size", "position_ids": "max_position_embeddings"}
+
+
+def check_batch(batch: dict[str, torch.Tensor], config: Any, where: str, *, require_labels: bool = False) -> None:
+    """Refuse a batch the model cannot embed (ids outside its tables), before it reaches the model.
+
+    Run on the CPU batch a task returns (one min / max per id tensor, no device sync), so a bad id is a
+    one-line error naming the tensor, the id and the table size rather than an ``IndexError`` from inside the
+    embedding (or a device-side assert on CUDA).
+
+    Args:
+        batch: the task's batch (CPU tensors).
+        config: the model's config (``vocab_size``, ``type_vocab_size``, ``max_position_embeddings``); None
+            skips the id checks.
+        where: what the batch is, for the message (``"train batch of step 3"``).
+        require_labels: also refuse a ``labels`` tensor with no labelled position (all ``IGNORE_INDEX``):
+            a mean loss over zero tokens is NaN.
+
+    Raises:
+        ValueError: naming the tensor and the offending value.
+    """
+    for key, field in _ID_LIMITS.items():
+        ids, size = batch.get(key), getattr(config, field, None)
+        if ids is None or size is None or ids.numel() == 0 or ids.is_floating_point():
+            continue
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= size:
+            raise ValueError(
+                f"{where}: {key} holds {low if low < 0 else high}, outside the model's [0, {size}) "
+                f"({field}={size}); the task's ids and the model disagree (check task.tokenizer / task.pretrained)"
+            )
+    labels = batch.get("labels")
+    if require_labels and labels is not None and labels.numel() and not (labels != IGNORE_INDEX).any():
+        raise ValueError(
+            f"{where}: no labelled position (every label is {IGNORE_INDEX}), so its loss is undefined (NaN)"
+        )
 
 
 class CountingTask:
@@ -122,13 +184,17 @@ class CountingTask:
         model.eval()
         counts: torch.Tensor | None = None
         loss_stats = torch.zeros(2, dtype=torch.float64)  # [sum of batch losses, batches]
+        config = getattr(model, "config", None)
         for batch in self.iter_eval(batch_size, rank, world_size, split=split):
+            check_batch(batch, config, f"{split} batch")
+            labelled = "labels" not in batch or bool((batch["labels"] != IGNORE_INDEX).any())
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast or contextlib.nullcontext():
                 out, loss = self.forward_loss(model, batch)
             batch_counts = self.metric_counts(out.logits.float(), batch["labels"])
             counts = batch_counts if counts is None else counts + batch_counts
-            loss_stats += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+            if labelled:  # a batch without labelled positions has no loss (its mean would be NaN)
+                loss_stats += torch.tensor([float(loss), 1.0], dtype=torch.float64)
         counts = reduce(counts if counts is not None else torch.zeros(4, dtype=torch.float64))
         loss_stats = reduce(loss_stats)
         model.train(was_training)

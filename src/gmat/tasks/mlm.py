@@ -34,7 +34,7 @@ from gmat.data.corpus import PackedExamples, SpecialTokens, TokenCache, WordPiec
 from gmat.modeling import GmatForMaskedLM, factory
 from gmat.modeling.factory import ModelSettings
 from gmat.modeling.probes import masked_lm_logits, swapped_memory
-from gmat.tasks.base import CountingTask
+from gmat.tasks.base import CountingTask, prediction_is_finite
 
 __all__ = [
     "CorpusSettings",
@@ -165,7 +165,7 @@ class MLMMetrics:
                 comparisons of two models on the same examples).
         """
         loss = F.cross_entropy(logits.float(), targets, reduction="none").double().cpu()  # (N,)
-        correct = (logits.argmax(-1) == targets).double().cpu()
+        correct = ((logits.argmax(-1) == targets) & prediction_is_finite(logits)).double().cpu()
         outside = outside.cpu()
 
         def tally(keep: torch.Tensor) -> torch.Tensor:  # (groups, 3) over the tokens where keep is True
@@ -187,7 +187,7 @@ class MLMMetrics:
             loss = loss_sum / n if n else float("nan")
             out[name] = {
                 "loss": loss,
-                "perplexity": math.exp(loss) if n else float("nan"),
+                "perplexity": (math.inf if loss > 700 else math.exp(loss)) if n else float("nan"),
                 "accuracy": correct / n if n else float("nan"),
                 "tokens": int(n),
             }
@@ -208,7 +208,7 @@ def masked_token_counts(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     if logits.shape[0] != targets.shape[0]:
         raise ValueError(f"logits has {logits.shape[0]} rows for {targets.shape[0]} labelled positions")
     loss = F.cross_entropy(logits, targets, reduction="sum") if targets.numel() else logits.new_zeros(())
-    correct = (logits.argmax(-1) == targets).sum()
+    correct = ((logits.argmax(-1) == targets) & prediction_is_finite(logits)).sum()  # a NaN row is wrong
     return torch.stack(
         [loss.double(), correct.double(), sel.sum().double(), torch.zeros((), dtype=torch.float64)]
     ).cpu()
@@ -310,6 +310,7 @@ class MLMTask(CountingTask):
     """
 
     metric_name = "accuracy"
+    best_metric = "mlm_loss"  # the best checkpoint is the one with the lowest masked-token loss
 
     def __init__(self, spec: MLMTaskSpec, *, progress: bool = True) -> None:
         self.spec = spec
@@ -411,7 +412,8 @@ class MLMTask(CountingTask):
     def compute_metrics(self, counts: torch.Tensor) -> dict[str, float]:
         """``{"accuracy", "mlm_loss", "perplexity"}`` from summed ``metric_counts``."""
         loss_sum, correct, n = float(counts[0]), float(counts[1]), max(float(counts[2]), 1.0)
-        return {"accuracy": correct / n, "mlm_loss": loss_sum / n, "perplexity": math.exp(loss_sum / n)}
+        loss = loss_sum / n
+        return {"accuracy": correct / n, "mlm_loss": loss, "perplexity": math.inf if loss > 700 else math.exp(loss)}
 
 
 # ---- evaluation of any saved model ---------------------------------------------------------------------
@@ -476,8 +478,13 @@ def evaluate_mlm(
     Raises:
         FileNotFoundError: if ``model`` is not a saved model folder.
         CorpusError: on unusable data (missing, empty, shorter than one example).
-        ValueError: for ``memory_swap`` with ``batch_size`` < 2 or a model without memory rows.
+        ValueError: for ``length`` < 2, ``batch_size`` < 1, ``memory_swap`` with ``batch_size`` < 2 or a model
+            without memory rows.
     """
+    if length is not None and length < 2:
+        raise ValueError(f"length (--length) must be >= 2, got {length}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size (--batch-size) must be >= 1, got {batch_size}")
     if memory_swap and batch_size < 2:
         raise ValueError(f"memory_swap needs batch_size >= 2 (the memory comes from another example), got {batch_size}")
     model_path = None if isinstance(model, torch.nn.Module) else Path(model)
@@ -495,7 +502,7 @@ def evaluate_mlm(
     net, _ = _load_model(model)
     net.to(device).eval()
     config = net.config
-    length = int(length or config.max_position_embeddings)
+    length = int(length if length is not None else config.max_position_embeddings)
     if length > config.max_position_embeddings:
         raise ValueError(
             f"--length {length} exceeds the model's max_position_embeddings {config.max_position_embeddings}"

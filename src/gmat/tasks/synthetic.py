@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from gmat.modeling import GmatForSequenceClassification, GmatForTokenClassification, factory
-from gmat.tasks.base import CountingTask
+from gmat.tasks.base import CountingTask, prediction_is_finite
 
 __all__ = [
     "IGNORE_INDEX",
@@ -294,11 +294,15 @@ class SyntheticTask(CountingTask):
 
         Returns:
             float64 ``(4,)``: ``[correct, total, 0, 0]`` for accuracy tasks, ``[tp, fp, fn, tn]`` for tagging.
+            A position whose logits are not all finite counts as wrong (a false positive or negative).
         """
-        pred = logits.argmax(dim=-1)
+        # a row of non-finite logits predicts nothing: it is scored wrong (never as argmax's class 0)
+        finite = prediction_is_finite(logits)
+        pred = torch.where(finite, logits.argmax(dim=-1), -1)
         valid = labels != IGNORE_INDEX
         if self.spec.name == "majority_tagging":
-            p, t = (pred == 1) & valid, (labels == 1) & valid
+            positive = torch.where(finite, pred == 1, labels != 1)  # non-finite: the wrong class, fp or fn
+            p, t = positive & valid, (labels == 1) & valid
             stats = [(p & t).sum(), (p & ~t & valid).sum(), (~p & t).sum(), (~p & ~t & valid).sum()]
         else:
             stats = [((pred == labels) & valid).sum(), valid.sum(), pred.new_zeros(()), pred.new_zeros(())]

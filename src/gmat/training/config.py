@@ -33,7 +33,10 @@ __all__ = [
     "RunConfig",
     "TrainSettings",
     "apply_overrides",
+    "RESUME_SAFE_KEYS",
     "build_dataclass",
+    "config_changes",
+    "stored_config_dict",
     "read_yaml_mapping",
     "config_to_dict",
     "load_config",
@@ -46,7 +49,7 @@ class TrainSettings:
     """Optimisation, evaluation and checkpointing settings.
 
     Attributes:
-        steps: optimizer steps.
+        steps: optimizer steps (0: evaluate the initial model only, no training and no checkpoint).
         batch_size: global batch size (examples per optimizer step, all processes together).
         grad_accum_steps: micro-batches per step and process; ``batch_size`` must divide evenly.
         lr: peak learning rate of AdamW.
@@ -69,6 +72,12 @@ class TrainSettings:
         num_threads: CPU threads of torch (0 = torch's default).
         progress: show a progress bar on rank 0.
         save_checkpoints: write checkpoints at all (the demo turns them off).
+        max_nonfinite_steps: a step whose loss or gradient norm is NaN/inf is skipped (no update); the run
+            stops with ``TrainingDiverged`` after this many consecutive skipped steps.
+        best_metric: the key of the task's evaluation result that picks ``RUN_DIR/best`` (empty: the task's
+            default, e.g. ``accuracy``; ``mlm_loss`` for MLM).
+        best_mode: ``"max"`` or ``"min"`` (empty: ``"min"`` when the metric's name contains ``loss`` or
+            ``perplexity``, else ``"max"``).
     """
 
     steps: int = 200
@@ -94,9 +103,14 @@ class TrainSettings:
     num_threads: int = 0
     progress: bool = True
     save_checkpoints: bool = True
+    max_nonfinite_steps: int = 3
+    best_metric: str = ""
+    best_mode: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum_steps", "eval_batch_size", "log_every"):
+        if self.steps < 0:
+            raise ValueError(f"train.steps must be >= 0 (0 = evaluate only), got {self.steps}")
+        for name in ("batch_size", "grad_accum_steps", "eval_batch_size", "log_every", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "save_every", "num_threads", "keep_checkpoints"):
@@ -113,6 +127,16 @@ class TrainSettings:
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(
                 f"train.lr must be > 0 and train.min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}"
+            )
+        for name in ("grad_clip", "weight_decay"):
+            if not getattr(self, name) >= 0:  # also rejects NaN
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.best_mode not in ("", "max", "min"):
+            raise ValueError(
+                f"train.best_mode must be 'max' or 'min' (or empty: by the metric), got {self.best_mode!r}"
             )
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(
@@ -268,3 +292,58 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         return parse_config(data)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
+
+
+# ---- resuming with a changed config -----------------------------------------------------------------------
+# Keys a resumed run may change without breaking its exactness: labels, the length of the run (the schedule
+# follows the new train.steps), how often it logs / evaluates / saves, and how it runs on this machine.
+RESUME_SAFE_KEYS = frozenset(
+    {
+        "name",
+        "run_dir",
+        "train.steps",
+        "train.eval_every",
+        "train.eval_batch_size",
+        "train.log_every",
+        "train.save_every",
+        "train.keep_checkpoints",
+        "train.progress",
+        "train.num_threads",
+        "train.max_nonfinite_steps",
+        "train.ddp_timeout_s",
+    }
+)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix.rstrip("."): data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+_ABSENT = "<absent>"
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` for every key whose value differs, sorted by key.
+
+    A key present on one side only reports ``"<absent>"`` on the other.
+    """
+    a, b = _flatten(old), _flatten(new)
+    return [
+        (key, a.get(key, _ABSENT), b.get(key, _ABSENT))
+        for key in sorted(set(a) | set(b))
+        if a.get(key, _ABSENT) != b.get(key, _ABSENT)
+    ]
+
+
+def stored_config_dict(path: Path) -> dict[str, Any]:
+    """The config stored in a run directory, with today's defaults filled in (raw, if it no longer parses)."""
+    data = read_yaml_mapping(path)
+    try:
+        return config_to_dict(parse_config(data))
+    except ValueError:
+        return data
