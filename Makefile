@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-slow test-gpu bench lint clean
+.PHONY: setup demo test test-slow test-gpu bench lint clean gpu-research
 
 # torch is installed first and pinned: on CPU machines torch==2.13.0 is a local CPU wheel, while an
 # unpinned torch would pull a multi-GB CUDA build.
@@ -31,6 +31,9 @@ test-gpu: setup  ## needs CUDA
 
 bench: setup  ## quick attention benchmark
 	$(BIN)/gmat bench attention --quick
+
+gpu-research:  ## on a GPU machine: the RC then MLM research runs, reports into $(OUT) (docs/gpu-research.md)
+	OUT="$(OUT)" bash scripts/gpu_research.sh
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
