@@ -218,3 +218,32 @@ def test_shell_wrapper_runs_each_part_under_its_own_timeout(tmp_path: Path) -> N
         timeout=30,
     )
     assert bad.returncode == 2 and "PARTS" in bad.stdout
+
+
+def test_a_failed_part_is_recorded_and_the_next_part_still_runs(driver, inputs_module, sources, tmp_path) -> None:
+    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    inputs_module.build_inputs(inputs, limit_bytes=60 * 2**20, **sources)
+    (inputs / "squad" / "train.json.gz").unlink()  # every RC run fails, starting with the probe
+    args = ["--inputs", str(inputs), "--out", str(out), "--work", str(tmp_path / "work"), "--plan", "tiny"]
+    assert driver.main([*args, "--device", "cpu", "--in-process", "--parts", "rc,mlm"]) == 0
+    state = json.loads((out / "research.json").read_text())
+    rc = state["parts"]["rc"]
+    assert rc["status"] == "failed: the probe did not finish" and "train.json.gz" in rc["probe"]["error"]
+    assert "did not finish: nothing can be concluded" in rc["verdict"] and not (out / "rc.json").exists()
+    assert state["parts"]["mlm"]["status"] == "done" and len(json.loads((out / "mlm.json").read_text())) == 4
+
+
+def test_steps_fill_the_deadline_without_passing_it(driver) -> None:
+    timing = {"s_per_step": 0.2, "fixed_s": 15.0}
+    kwargs = {"long_runs": 3, "window_runs": 1, "per_step_questions": 16, "eval_s": 10.0}
+
+    def total(steps: int) -> float:  # the predicted seconds of the four runs, as the driver counts them
+        step = 0.2 * driver.SAFETY
+        long_run = 15.0 + 10.0 + steps * (step + 16 * driver.FEATURIZE_S_PER_QUESTION)
+        window_run = long_run + steps * step * (driver.WINDOWS_STEP_FACTOR - 1)
+        return 3 * long_run + window_run
+
+    steps = driver.size_steps(300.0, timing, min_steps=1, max_steps=10**6, **kwargs)
+    assert total(steps) <= 300.0 < total(steps + 1)
+    assert driver.size_steps(300.0, timing, min_steps=1, max_steps=50, **kwargs) == 50
+    assert driver.size_steps(50.0, timing, min_steps=20, max_steps=10**6, **kwargs) == 20  # the floor
