@@ -3,7 +3,7 @@
 Fed by the folder of ``scripts/gpu_research_inputs.py`` (MiniLM, SQuAD, corpus token caches). Every run is the
 one training loop (``gmat.training.loop.train``) in a child process with its own hard timeout, writing into
 ``--work`` (outside ``--out``) with checkpoints off. After every finished run the report files are rewritten
-in ``--out`` (7 files, none in a subfolder):
+in ``--out`` (6 files, none in a subfolder; with log.txt 7 of the 8 the device returns):
 
     research.json  everything: environment, plans, probes, the sizing, every run, the paired differences, verdicts
     summary.md     the tables and the verdicts, for a reader
