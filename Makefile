@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-slow test-gpu bench gpu-pack lint clean
+.PHONY: setup demo test test-slow test-gpu bench gpu-pack gpu-research lint clean
 
 # torch is installed first and pinned: on CPU machines torch==2.13.0 is a local CPU wheel, while an
 # unpinned torch would pull a multi-GB CUDA build.
@@ -33,6 +33,9 @@ test-gpu:  ## the CUDA tests, with the machine's python3 and no install: PYTHONP
 
 gpu-pack:  ## the GPU evidence pack (< 9 min on one H100/H200): OUT=DIR make gpu-pack
 	PYTHON=$(PYTHON) bash benchmarks/gpu_pack.sh
+
+gpu-research:  ## on a GPU machine: the RC then MLM research runs, reports into $(OUT) (docs/gpu-research.md)
+	OUT="$(OUT)" bash scripts/gpu_research.sh
 
 bench: setup  ## quick attention benchmark (< 90 s on 2 CPU cores)
 	$(BIN)/python benchmarks/bench_attention.py --quick
