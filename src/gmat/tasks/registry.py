@@ -33,6 +33,7 @@ _BUILTIN = {
     "reconstruction": ("gmat.tasks.compression", "CompressionTaskSpec", "CompressionTask"),
     "compressed_context": ("gmat.tasks.compression", "CompressionTaskSpec", "CompressionTask"),
     "rc": ("gmat.tasks.rc", "RCTaskSettings", "RCTask"),
+    "classification": ("gmat.tasks.classification", "ClassificationSettings", "ClassificationTask"),
 }
 _REGISTERED: dict[str, TaskEntry] = {}
 
