@@ -314,3 +314,41 @@ def test_a_rank_without_documents_still_reduces_the_confusion_matrix(tmp_path, t
     for r in range(2):
         assert results[r]["examples"] == 1
         assert results[r]["accuracy"] == alone["accuracy"]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "classification").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_configs_parse_and_name_their_command_and_run_dir(path):
+    from gmat.training.config import load_config
+
+    assert path.read_text().splitlines()[0] == f"# gmat train configs/classification/{path.name}"
+    config = load_config(path)
+    assert config.task.name == "classification"
+    assert config.run_dir == f"runs/classification/{path.stem}"
+
+
+def test_brown_script_keeps_brown_documents_with_their_two_way_label(tmp_path):
+    from repo_scripts import load_script
+
+    script = load_script("scripts/brown_genre_data.py")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    docs = [
+        {"id": "brown/ca01", "source": "brown", "title": "t", "genre": "news", "text": "a"},
+        {"id": "kjv/gen", "source": "kjv", "title": "Genesis", "text": "b"},
+        {"id": "brown/cl01", "source": "brown", "title": "u", "genre": "mystery", "text": "c"},
+    ]
+    for split in ("train", "valid", "test"):
+        write_jsonl(corpus / f"{split}.jsonl", docs)
+    assert script.main(["--corpus", str(corpus), "--out", str(tmp_path / "out")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "test.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["genre"], r["label"]) for r in rows] == [
+        ("brown/ca01", "news", "informative"),
+        ("brown/cl01", "mystery", "imaginative"),
+    ]
+    write_jsonl(corpus / "train.jsonl", [{**docs[0], "genre": "poetry"}])
+    with pytest.raises(ValueError, match=r"train\.jsonl line 1: Brown document 'brown/ca01' has genre 'poetry'"):
+        script.main(["--corpus", str(corpus), "--out", str(tmp_path / "out")])
+    assert script.main(["--corpus", str(tmp_path / "nowhere")]) == 2
