@@ -222,6 +222,15 @@ def test_csv_without_the_label_column_names_it(tmp_path):
         read_documents(path, key="task.eval_file", text_field="text", label_field="label")
 
 
+def test_csv_reads_documents_longer_than_the_csv_module_default_limit(tmp_path):
+    text = "ball " * 40_000  # 200 kB, over csv's 128 KiB field limit
+    path = write_csv(tmp_path / "long.csv", [{"text": text, "label": "sport"}])
+    assert read_documents(path, key="task.train_file", text_field="text", label_field="label").texts == [text]
+    path.write_text('text,label\n"a"b,sport\n')
+    with pytest.raises(ValueError, match=r"long\.csv': not valid CSV after line 1 \(',' expected after '\"'\)"):
+        read_documents(path, key="task.train_file", text_field="text", label_field="label")
+
+
 def test_settings_name_their_keys():
     with pytest.raises(ValueError, match="task.eval_file is not set"):
         ClassificationSettings(train_file="a.jsonl")

@@ -133,17 +133,24 @@ def read_documents(path: str | Path, *, key: str, text_field: str, label_field: 
             raise ValueError(f"{where} line {line_no}: {text_field!r} must be a string, got {type(text).__name__}")
         if isinstance(label, bool) or not isinstance(label, (str, int)) or label == "":
             raise ValueError(
-                f"{where} line {line_no}: label {field_repr(label)} must be a non-empty string or an integer"
+                f"{where} line {line_no}: label {_short_repr(label)} must be a non-empty string or an integer"
             )
         texts.append(text)
         labels.append(str(label))
         lines.append(line_no)
 
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            for row in reader:
-                add(reader.line_num, row)
+        limit = csv.field_size_limit()
+        csv.field_size_limit(max(limit, 2**31 - 1))  # csv refuses fields over 128 KiB: long documents are longer
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f, strict=True)
+                for row in reader:
+                    add(reader.line_num, row)
+        except csv.Error as err:
+            raise ValueError(f"{where}: not valid CSV after line {reader.line_num} ({err})") from err
+        finally:
+            csv.field_size_limit(limit)
     else:
         with open(path, encoding="utf-8") as f:
             for line_no, line in enumerate(f, start=1):
@@ -161,7 +168,7 @@ def read_documents(path: str | Path, *, key: str, text_field: str, label_field: 
     return LabelledDocuments(texts, labels, lines)
 
 
-def field_repr(value: Any) -> str:
+def _short_repr(value: Any) -> str:
     """A short ``repr`` of a value for error messages."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
