@@ -27,7 +27,15 @@ from pathlib import Path
 
 IMAGINATIVE = ("fiction", "mystery", "science_fiction", "adventure", "romance", "humor")
 INFORMATIVE = (
-    "news", "editorial", "reviews", "religion", "hobbies", "lore", "belles_lettres", "government", "learned",
+    "news",
+    "editorial",
+    "reviews",
+    "religion",
+    "hobbies",
+    "lore",
+    "belles_lettres",
+    "government",
+    "learned",
 )
 SPLITS = ("train", "valid", "test")
 
@@ -48,8 +56,9 @@ def brown_rows(path: Path) -> list[dict]:
             if genre not in IMAGINATIVE + INFORMATIVE:
                 raise ValueError(f"{path} line {line_no}: Brown document {doc.get('id')!r} has genre {genre!r}")
             label = "imaginative" if genre in IMAGINATIVE else "informative"
-            rows.append({"id": doc["id"], "title": doc.get("title", ""), "genre": genre, "label": label,
-                         "text": doc["text"]})
+            rows.append(
+                {"id": doc["id"], "title": doc.get("title", ""), "genre": genre, "label": label, "text": doc["text"]}
+            )
     return rows
 
 
@@ -69,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = brown_rows(corpus / f"{split}.jsonl")
         (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         labels = Counter(r["label"] for r in rows)
-        print(f"{out / f'{split}.jsonl'}: {len(rows)} documents, {dict(sorted(labels.items()))}, "
-              f"{len(Counter(r['genre'] for r in rows))} genres")
+        print(
+            f"{out / f'{split}.jsonl'}: {len(rows)} documents, {dict(sorted(labels.items()))}, "
+            f"{len(Counter(r['genre'] for r in rows))} genres"
+        )
     return 0
 
 

@@ -147,9 +147,7 @@ def test_trains_from_csv_with_integer_labels_and_named_fields(tmp_path, tokenize
     fields = ("body", "topic")
     train_file = write_csv(tmp_path / "train.csv", rows(96, 0), fields)
     eval_file = write_csv(tmp_path / "eval.csv", rows(30, 1), fields)
-    config = run_config(
-        tmp_path / "run", tokenizer_dir, train_file, eval_file, text_field="body", label_field="topic"
-    )
+    config = run_config(tmp_path / "run", tokenizer_dir, train_file, eval_file, text_field="body", label_field="topic")
     results = train(parse_config(config))
     assert results["eval"]["accuracy"] >= 0.8
     saved = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
@@ -174,8 +172,15 @@ def test_starts_from_a_bert_checkpoint(tmp_path, tokenizer_dir):
 
     bert = tmp_path / "bert"
     BertModel(
-        BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                   intermediate_size=64, max_position_embeddings=64, initializer_range=0.1)
+        BertConfig(
+            vocab_size=len(WORDS) + 5,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            initializer_range=0.1,
+        )
     ).save_pretrained(bert)
     (bert / "tokenizer.json").write_bytes((tokenizer_dir / "tokenizer.json").read_bytes())
     train_file = write_jsonl(tmp_path / "train.jsonl", documents(96, seed=0))
@@ -296,8 +301,16 @@ def test_a_rank_without_documents_still_reduces_the_confusion_matrix(tmp_path, t
     )
     from gmat.modeling.factory import ModelSettings
 
-    model = task.build_model(ModelSettings(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                           intermediate_size=32, num_memory_tokens=2, chunk_size=8))
+    model = task.build_model(
+        ModelSettings(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_memory_tokens=2,
+            chunk_size=8,
+        )
+    )
     alone = task.evaluate(model, batch_size=4, device=torch.device("cpu"))
     reduce = _ThreadSum(2)
     results: dict[int, dict] = {}
@@ -306,7 +319,11 @@ def test_a_rank_without_documents_still_reduces_the_confusion_matrix(tmp_path, t
     def rank(r: int) -> None:
         try:
             results[r] = task.evaluate(
-                model, batch_size=4, device=torch.device("cpu"), rank=r, world_size=2,
+                model,
+                batch_size=4,
+                device=torch.device("cpu"),
+                rank=r,
+                world_size=2,
                 reduce=lambda t, r=r: reduce(r, t),
             )
         except BaseException as err:  # noqa: BLE001 (re-raised in the main thread)

@@ -21,7 +21,7 @@ def documented_example() -> tuple[str, dict]:
     homes = [p for p in (ROOT / "docs" / "usage-classification.md", ROOT / "README.md") if p.is_file()]
     texts = [p.read_text() for p in homes if "# my_tasks.py" in p.read_text()]
     assert len(texts) == 1, f"the custom-task example should be in exactly one of {homes}"
-    text = texts[0][texts[0].index("## Your own task"):]
+    text = texts[0][texts[0].index("## Your own task") :]
     module = re.search(r"```python\n(# my_tasks\.py.*?)```", text, flags=re.S).group(1)
     config = yaml.safe_load(re.search(r"```yaml\n(# PYTHONPATH=\. gmat train.*?)```", text, flags=re.S).group(1))
     return module, config

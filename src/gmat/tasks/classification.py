@@ -91,8 +91,7 @@ class ClassificationSettings:
                 raise ValueError(f"task.{key} must be a .jsonl or .csv file, got {path!r}")
         if not self.text_field or not self.label_field:
             raise ValueError(
-                f"task.text_field and task.label_field must be non-empty, got {self.text_field!r}, "
-                f"{self.label_field!r}"
+                f"task.text_field and task.label_field must be non-empty, got {self.text_field!r}, {self.label_field!r}"
             )
 
 
@@ -250,7 +249,11 @@ class ClassificationTask(CountingTask):
                 logger.info(
                     "task.%s_file: %d of %d documents are longer than L=%d tokens and were truncated to their "
                     "first %d tokens",
-                    split, truncated, len(ids), self.spec.seq_len, keep,
+                    split,
+                    truncated,
+                    len(ids),
+                    self.spec.seq_len,
+                    keep,
                 )
             labels = np.asarray([self.label2id[x] for x in docs.labels], dtype=np.int64)
             self._ids[split] = (ids, labels)
