@@ -137,15 +137,23 @@ def write_rc_report(
 
 
 def per_question(run_dir: Path) -> dict[str, dict]:
-    """``{question id: {"em", "f1", "distance_chunks", ...}}`` of a run's dev evaluation."""
+    """``{question id: {"em", "f1", "distance_chunks", ...}}`` of a run's dev evaluation, EM / F1 in points (0-100).
+
+    Rows carry ``"scale": 100``; rows without it come from files written when per-question scores were in [0, 1]
+    and are multiplied by 100.
+    """
     lines = (run_dir / "eval" / "per_question.jsonl").read_text().splitlines()
-    return {row["id"]: row for row in map(json.loads, lines)}
+    rows = {}
+    for row in map(json.loads, lines):
+        factor = 100.0 / row.get("scale", 1)
+        rows[row["id"]] = {**row, "em": factor * row["em"], "f1": factor * row["f1"], "scale": 100}
+    return rows
 
 
 def paired_difference(mine: dict[str, dict], base: dict[str, dict], metric: str) -> dict:
     """Mean of (mine - base) of ``metric`` over the questions both scored, in points (%), with two standard errors."""
     shared = sorted(set(mine) & set(base))
-    diffs = [100 * (mine[q][metric] - base[q][metric]) for q in shared]  # per-question scores are in [0, 1]
+    diffs = [mine[q][metric] - base[q][metric] for q in shared]  # per_question gives points (0-100)
     return {**mean_two_se(diffs), "questions": len(diffs)}
 
 

@@ -36,3 +36,12 @@ def test_nested_command_help(nested, capsys):
         main([*nested, "--help"])
     assert exc.value.code == 0
     assert f"usage: gmat {' '.join(nested)}" in capsys.readouterr().out
+
+
+def test_eval_help_lists_the_nested_commands_and_their_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "gmat eval mlm [-h]" in out and "gmat eval rc [-h]" in out
+    for option in ("--model MODEL", "--data DATA", "--memory-swap", "--max-questions MAX_QUESTIONS"):
+        assert option in out

@@ -16,7 +16,9 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
+import textwrap
 
 # subcommand -> (module providing add_cli_arguments / cli_run, one-line help)
 _SUBCOMMANDS = {
@@ -60,13 +62,34 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in _SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        loaded = command is None or command == name
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_nested_epilog(name) if loaded else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
-        if command is None or command == name:
+        if loaded:
             module = importlib.import_module(module_name)
             module.add_cli_arguments(p)
             p.set_defaults(_run=module.cli_run)
     return parser
+
+
+def _nested_epilog(command: str) -> str | None:
+    """The nested commands of ``command`` with their usage lines, for ``gmat COMMAND --help`` (None if none)."""
+    keys = [key for key in _NESTED if key[0] == command]
+    if not keys:
+        return None
+    lines = ["nested commands (each has its own --help):"]
+    for key in keys:
+        usage = " ".join(build_nested_parser(key).format_usage().split()).removeprefix("usage: ")
+        usage = re.sub(r"\[[^\]]*\]", lambda m: m.group(0).replace(" ", "\0"), usage)  # keep [--opt VALUE] whole
+        wrapped = textwrap.wrap(usage, 100, initial_indent="    ", subsequent_indent="      ", break_on_hyphens=False)
+        lines += [f"  {' '.join(key)}: {_NESTED[key][3]}", *(line.replace("\0", " ") for line in wrapped)]
+    return "\n".join(lines)
 
 
 def build_nested_parser(key: tuple[str, str]) -> argparse.ArgumentParser:

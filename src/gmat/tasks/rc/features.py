@@ -352,7 +352,7 @@ def score_predictions(
     answer_token: Sequence[int | None],
     distance_chunk_size: int,
 ) -> dict[str, Any]:
-    """EM / F1 (percent) overall and by the answer's distance from the question in chunks.
+    """EM / F1 (percent, 0-100, also per question) overall and by the answer's distance from the question in chunks.
 
     Args:
         examples: the scored examples (all reference answers count).
@@ -361,32 +361,34 @@ def score_predictions(
         distance_chunk_size: C used to turn token distance into chunks.
 
     Returns:
-        ``{"em", "f1", "count", "by_distance": {bucket: {"em", "f1", "count"}}, "per_question": [...]}``.
+        ``{"em", "f1", "count", "by_distance": {bucket: {"em", "f1", "count"}}, "per_question": [...]}``; each
+        per-question row is ``{"id", "prediction", "em", "f1", "scale": 100, "distance_chunks"}`` (``scale``
+        marks the 0-100 scores: files written before it have no ``scale`` and scores in [0, 1]).
     """
     rows = []
     buckets: dict[str, list[tuple[float, float]]] = {}
     for ex, tok in zip(examples, answer_token):
         pred = predictions.get(ex.id, "")
         refs = [a.text for a in ex.answers]
-        em = max_over_references(exact_match, pred, refs)
-        f1 = max_over_references(f1_score, pred, refs)
+        em = 100.0 * max_over_references(exact_match, pred, refs)
+        f1 = 100.0 * max_over_references(f1_score, pred, refs)
         chunk = None if tok is None else tok // distance_chunk_size
-        rows.append({"id": ex.id, "prediction": pred, "em": em, "f1": f1, "distance_chunks": chunk})
+        rows.append({"id": ex.id, "prediction": pred, "em": em, "f1": f1, "scale": 100, "distance_chunks": chunk})
         if chunk is not None:
             buckets.setdefault(distance_bucket(chunk), []).append((em, f1))
     n = len(rows)
     order = {distance_bucket(lo): k for k, (lo, _) in enumerate(DISTANCE_BUCKETS)}
     by_distance = {
         b: {
-            "em": 100.0 * sum(v[0] for v in vals) / len(vals),
-            "f1": 100.0 * sum(v[1] for v in vals) / len(vals),
+            "em": sum(v[0] for v in vals) / len(vals),
+            "f1": sum(v[1] for v in vals) / len(vals),
             "count": len(vals),
         }
         for b, vals in sorted(buckets.items(), key=lambda kv: order[kv[0]])
     }
     return {
-        "em": 100.0 * sum(r["em"] for r in rows) / n if n else 0.0,
-        "f1": 100.0 * sum(r["f1"] for r in rows) / n if n else 0.0,
+        "em": sum(r["em"] for r in rows) / n if n else 0.0,
+        "f1": sum(r["f1"] for r in rows) / n if n else 0.0,
         "count": n,
         "by_distance": by_distance,
         "per_question": rows,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,37 @@ class RCExample:
     paragraph_starts: tuple[int, ...]
 
 
+_LONGER_THAN_MAXIMUM = "sequence-length-is-longer-than-the-specified-maximum"  # transformers' warn-once key
+
+
+class _NotLongerThanMaximum(logging.Filter):
+    """Drops transformers' "Token indices sequence length is longer than the specified maximum ..." warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "sequence length is longer than the specified maximum" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _long_paragraphs_expected(tokenizer: Any) -> Iterator[None]:
+    """Silence that one warning while paragraphs are tokenised.
+
+    Paragraphs are tokenised whole on purpose and every feature is cut to the model's length afterwards, so the
+    warning (which says the model would fail) is wrong here; other warnings pass, and it stays on elsewhere
+    (the tokenizer's warn-once flag is restored, so a later too-long input still warns).
+    """
+    source = logging.getLogger("transformers.tokenization_utils_base")
+    only_this = _NotLongerThanMaximum()
+    flags = getattr(tokenizer, "deprecation_warnings", {})
+    warned = flags.get(_LONGER_THAN_MAXIMUM, False)
+    source.addFilter(only_this)
+    try:
+        yield
+    finally:
+        source.removeFilter(only_this)
+        if not warned:
+            flags.pop(_LONGER_THAN_MAXIMUM, None)
+
+
 def tokenize_articles(articles: Sequence[Article], tokenizer: Any) -> list[list[TokenizedText]]:
     """Tokenise every paragraph once (no special tokens) with character offsets.
 
@@ -335,7 +367,8 @@ def tokenize_articles(articles: Sequence[Article], tokenizer: Any) -> list[list[
         )
     out = []
     for art in articles:
-        enc = tokenizer(art.paragraphs, add_special_tokens=False, return_offsets_mapping=True)
+        with _long_paragraphs_expected(tokenizer):
+            enc = tokenizer(art.paragraphs, add_special_tokens=False, return_offsets_mapping=True)
         out.append(
             [
                 TokenizedText(tuple(ids), tuple(map(tuple, offs)))
