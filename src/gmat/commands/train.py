@@ -12,8 +12,11 @@ import os
 
 from gmat.commands.common import add_override_argument
 from gmat.commands.plots import plot_curves
+from gmat.training.checkpoint import CheckpointError
 from gmat.training.config import load_config
+from gmat.training.distributed import DistributedTimeoutError
 from gmat.training.loop import train
+from gmat.training.rundir import RunDirLockedError
 
 __all__ = ["add_cli_arguments", "cli_run"]
 
@@ -40,13 +43,20 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cli_run(args: argparse.Namespace) -> int:
-    """Run ``gmat train``; returns the exit status (2 for an invalid config)."""
+    """Run ``gmat train``; returns the exit status (2 for an invalid config, a bad checkpoint or a busy run_dir)."""
     try:
         config = load_config(args.config, args.overrides)
     except (OSError, ValueError) as err:
         logger.error("invalid config: %s", err)
         return 2
-    results = train(config, resume=args.resume, stop_after=args.stop_after)
+    try:
+        results = train(config, resume=args.resume, stop_after=args.stop_after)
+    except (CheckpointError, RunDirLockedError) as err:
+        logger.error("%s", err)
+        return 2
+    except DistributedTimeoutError as err:
+        logger.error("%s", err)
+        return 1
     if results["finished"] and os.environ.get("RANK", "0") == "0":  # one process draws (torchrun sets RANK)
         plot_curves(config.run_dir, results["metric"])
     if results["eval"]:

@@ -69,6 +69,8 @@ class TrainSettings:
         num_threads: CPU threads of torch (0 = torch's default).
         progress: show a progress bar on rank 0.
         save_checkpoints: write checkpoints at all (the demo turns them off).
+        ddp_timeout_s: data-parallel runs: how long joining the process group and each collective wait for the
+            other ranks before the job stops with an error (a stopped or hung rank would hold the others forever).
     """
 
     steps: int = 200
@@ -94,6 +96,7 @@ class TrainSettings:
     num_threads: int = 0
     progress: bool = True
     save_checkpoints: bool = True
+    ddp_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum_steps", "eval_batch_size", "log_every"):
@@ -114,6 +117,8 @@ class TrainSettings:
             raise ValueError(
                 f"train.lr must be > 0 and train.min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}"
             )
+        if not self.ddp_timeout_s > 0:
+            raise ValueError(f"train.ddp_timeout_s must be > 0 seconds, got {self.ddp_timeout_s}")
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(
                 f"train.batch_size={self.batch_size} must be divisible by "
