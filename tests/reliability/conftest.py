@@ -102,11 +102,11 @@ def squad_file(tmp_path: Path) -> Path:
 
 
 def flip_bytes(path: Path, count: int = 64) -> None:
-    """Flip ``count`` bytes in the second half of ``path`` (the tensor data, not the safetensors header)."""
+    """Flip the low bit of ``count`` bytes in the second half of ``path`` (tensor data, not the header)."""
     data = bytearray(path.read_bytes())
     start = len(data) // 2
     for i in range(count):
-        data[start + 7 * i] ^= 0xFF
+        data[start + 7 * i] ^= 0x01  # small damage: finite numbers, a silently different model
     path.write_bytes(bytes(data))
 
 
