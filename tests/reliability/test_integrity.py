@@ -170,3 +170,14 @@ def test_resume_from_a_corrupt_checkpoint_is_a_one_line_error(tmp_path, caplog):
     assert main(["train", str(config), "--resume"]) == 2
     message = errors(caplog)
     assert str(weights) in message and len(message.splitlines()) == 1
+
+
+def test_fill_mask_pipeline_through_the_verified_loader(mlm_best):
+    from transformers import pipeline
+
+    model, _ = load_pretrained(AutoModelForMaskedLM, mlm_best)
+    fill = pipeline("fill-mask", model=model, tokenizer=str(mlm_best), device="cpu", top_k=2)
+    assert len(fill("alpha beta [MASK] delta")) == 2
+    flip_bytes(mlm_best / "model.safetensors")
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_pretrained(AutoModelForMaskedLM, mlm_best)
