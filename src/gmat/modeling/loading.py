@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 __all__ = [
     "CheckpointError",
@@ -201,8 +201,6 @@ def _restore_tied_aliases(
     for key, alias in _TIED_ALIASES.items():
         name = f"{prefix}.{key}" if prefix and getattr(model, "base_model", model) is not model else key
         if name in missing and alias in unexpected and weights.is_file():
-            from safetensors import safe_open
-
             with safe_open(str(weights), framework="pt") as f:
                 tensor = f.get_tensor(alias)
             with torch.no_grad():
