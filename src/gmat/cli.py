@@ -40,10 +40,13 @@ _NESTED = {
 
 
 # Exceptions of the library that describe the user's input (their message names the key, flag or file): one
-# line and exit status 2, or the exception's own ``exit_code`` (TrainingDiverged: 1). Library classes are
+# line and exit status 2, or the exception's own ``exit_code`` (a failed run, not bad input: TrainingDiverged and
+# DistributedTimeoutError exit 1). Library classes are
 # matched by name so that this module imports nothing heavy.
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
-_USER_ERROR_NAMES = frozenset({"CheckpointError", "CorpusError", "TrainingDiverged"})
+_USER_ERROR_NAMES = frozenset(
+    {"CheckpointError", "CorpusError", "TrainingDiverged", "RunDirLockedError", "DistributedTimeoutError"}
+)
 _DEBUG_HELP = "show the full traceback of an error (also GMAT_DEBUG=1)"
 
 

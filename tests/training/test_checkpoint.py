@@ -6,6 +6,7 @@ import textwrap
 import pytest
 import torch
 
+from gmat.modeling.loading import write_manifest
 from gmat.training import checkpoint as ckpt
 from gmat.training.checkpoint import (
     CheckpointError,
@@ -119,7 +120,7 @@ def test_state_loading_never_unpickles_arbitrary_objects(tmp_path):
     path = save_checkpoint(tmp_path, 1, _model(0), _state(1))
     with open(path / "state.pt", "wb") as f:
         torch.save({"evil": NotAllowlisted()}, f)  # a global that is not on the allowlist
-    ckpt._write_manifest(path)
+    write_manifest(path)
     with pytest.raises(CheckpointError, match="state.pt"):
         load_training_state(path)
 

@@ -21,7 +21,15 @@ from gmat.training import safe_json
 from gmat.training.checkpoint import CheckpointError
 from gmat.training.evaluate import evaluate_run
 
-__all__ = ["add_cli_arguments", "add_mlm_arguments", "add_rc_arguments", "cli_run", "run_mlm", "run_rc"]
+__all__ = [
+    "add_cli_arguments",
+    "add_loading_arguments",
+    "add_mlm_arguments",
+    "add_rc_arguments",
+    "cli_run",
+    "run_mlm",
+    "run_rc",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +82,22 @@ def cli_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_loading_arguments(parser: argparse.ArgumentParser, head: str) -> None:
+    """``--allow-missing`` and ``--allow-random-head``: what a command may load that is not a complete model."""
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="load the model although weights are missing (initialised at random) or unexpected (dropped); "
+        "without it such a folder is refused, naming the tensors",
+    )
+    parser.add_argument(
+        "--allow-random-head",
+        action="store_true",
+        help=f"score a model without a {head} head (e.g. a converted encoder) with a seeded random head, "
+        'recorded as "random_head": true in the output; without it such a folder is refused',
+    )
+
+
 def add_mlm_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gmat eval mlm``."""
     parser.add_argument(
@@ -120,6 +144,7 @@ def add_mlm_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="write the JSON here (default MODEL/eval-mlm-<data>-L<L>.json; '-' = do not write)",
     )
+    add_loading_arguments(parser, "masked-LM")
 
 
 def run_mlm(args: argparse.Namespace) -> int:
@@ -140,8 +165,10 @@ def run_mlm(args: argparse.Namespace) -> int:
             device=args.device,
             progress=True,
             memory_swap=args.memory_swap,
+            allow_missing=getattr(args, "allow_missing", False),  # False: strict, for hand-built Namespaces
+            allow_random_head=getattr(args, "allow_random_head", False),
         )
-    except (OSError, ValueError) as err:  # CorpusError is a ValueError
+    except (OSError, ValueError, CheckpointError) as err:  # CorpusError is a ValueError
         logger.error("%s", err)
         return 2
     text = safe_json.dumps(result, indent=2)
@@ -194,6 +221,7 @@ def add_rc_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: MODEL/eval-rc-<data>-<length>)",
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_loading_arguments(parser, "question-answering")
 
 
 def run_rc(args: argparse.Namespace) -> int:
@@ -210,8 +238,10 @@ def run_rc(args: argparse.Namespace) -> int:
             max_answer_length=args.max_answer_length,
             out_dir=out,
             device=args.device,
+            allow_missing=getattr(args, "allow_missing", False),  # False: strict, for hand-built Namespaces
+            allow_random_head=getattr(args, "allow_random_head", False),
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, CheckpointError) as err:
         logger.error("gmat eval rc: %s", err)
         return 2
     print(
@@ -219,6 +249,8 @@ def run_rc(args: argparse.Namespace) -> int:
             {
                 k: result[k]
                 for k in ("em", "f1", "count", "answers_truncated", "by_distance", "length", "mode")
+                + ("random_head", "random_head_seed")
+                if k in result
             }
             | {"out": out},
             indent=2,

@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from gmat.commands.evaluate import add_loading_arguments
+from gmat.modeling.loading import CheckpointError
 from gmat.tasks.predict_qa import predict_answer
 
 __all__ = ["add_cli_arguments", "cli_run"]
@@ -22,6 +24,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--document", required=True, help="UTF-8 text file holding the document")
     parser.add_argument("--max-answer-length", type=int, default=None, help="in tokens (default 30)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_loading_arguments(parser, "question-answering")
 
 
 def cli_run(args: argparse.Namespace) -> int:
@@ -29,9 +32,15 @@ def cli_run(args: argparse.Namespace) -> int:
     try:
         document = Path(args.document).read_text(encoding="utf-8")
         result = predict_answer(
-            args.model, args.question, document, max_answer_length=args.max_answer_length, device=args.device
+            args.model,
+            args.question,
+            document,
+            max_answer_length=args.max_answer_length,
+            device=args.device,
+            allow_missing=getattr(args, "allow_missing", False),  # False: strict, for hand-built Namespaces
+            allow_random_head=getattr(args, "allow_random_head", False),
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, CheckpointError) as err:
         logger.error("gmat predict qa: %s", err)
         return 2
     print(json.dumps(result, ensure_ascii=False))

@@ -62,7 +62,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cli_run(args: argparse.Namespace) -> int:
-    """Run ``gmat train``; returns the exit status (2 for an invalid config)."""
+    """Run ``gmat train``; returns the exit status (2 for an invalid config, a bad checkpoint or a busy run_dir)."""
     try:
         config = load_config(args.config, args.overrides)
     except (OSError, ValueError) as err:
@@ -75,6 +75,8 @@ def cli_run(args: argparse.Namespace) -> int:
     if args.allow_config_change and not args.resume:
         logger.error("--allow-config-change applies to --resume only")
         return 2
+    # the library's errors (a corrupt checkpoint, a locked run_dir, a stuck rank, divergence) reach gmat.cli.main,
+    # which reports them in one line (and with a traceback under --debug)
     results = train(
         config, resume=args.resume, stop_after=args.stop_after, allow_config_change=args.allow_config_change
     )

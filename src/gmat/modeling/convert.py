@@ -49,9 +49,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
 
 from gmat.modeling.configuration_gmat import GmatConfig
+from gmat.modeling.loading import save_tensors
 from gmat.modeling.modeling_gmat import GmatForMaskedLM, GmatModel, GmatPreTrainedModel
 
 __all__ = [
@@ -541,10 +542,11 @@ def convert_to_gmat(
 
     target.mkdir(parents=True, exist_ok=True)
     # Not model.save_pretrained: under torch.distributed transformers writes on rank 0 only, and every rank of a
-    # data-parallel run converts its own copy (gmat.modeling.factory). save_model drops the tied duplicate.
+    # data-parallel run converts its own copy (gmat.modeling.factory). save_tensors keeps the word embeddings'
+    # name of a tied group, as save_pretrained does.
     config.architectures = [type(model).__name__]
     config.save_pretrained(target)
-    save_model(model, str(target / "model.safetensors"), metadata={"format": "pt"})
+    save_tensors(model, target / "model.safetensors")
     copied = _copy_tokenizer(source, target, max_length, family)
     logger.info(
         "wrote %s (%s, M=%d, %s, max_length=%d; tokenizer files %s)",

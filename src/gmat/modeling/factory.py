@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 
 from gmat.modeling.configuration_gmat import GmatConfig
 from gmat.modeling.convert import convert_bert_to_gmat, is_bert_checkpoint
+from gmat.modeling.loading import load_pretrained
 from gmat.ops import AttentionPattern, list_backends
 
 __all__ = ["ModelSettings", "build_model", "gmat_config"]
@@ -178,9 +179,9 @@ def build_model(
             convert_bert_to_gmat(
                 init, tmp, **pattern.config_fields(), max_length=max_length, attn_backend=settings.attn_backend
             )
-            model = head.from_pretrained(tmp, **fields)
-    else:
-        model = head.from_pretrained(init, **fields)
+            model, _ = load_pretrained(head, tmp, allow_random_head=True, head_seed=None, **fields)
+    else:  # verified: a new head is expected (the run trains it), missing encoder weights are not
+        model, _ = load_pretrained(head, init, allow_random_head=True, head_seed=None, **fields)
         theirs = model.config.build_pattern()
         if theirs != pattern or model.config.max_position_embeddings < max_length:
             raise ValueError(

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from gmat.data.corpus import PackedExamples, SpecialTokens, TokenCache, WordPieceTokenizer, build_token_cache
 from gmat.modeling import GmatForMaskedLM, factory
 from gmat.modeling.factory import ModelSettings
+from gmat.modeling.loading import LoadReport, load_pretrained
 from gmat.modeling.probes import masked_lm_logits, swapped_memory
 from gmat.tasks.base import CountingTask, prediction_is_finite
 
@@ -417,17 +418,26 @@ class MLMTask(CountingTask):
 
 
 # ---- evaluation of any saved model ---------------------------------------------------------------------
-def _load_model(model: str | os.PathLike[str] | torch.nn.Module) -> tuple[torch.nn.Module, Path | None]:
+def _load_model(
+    model: str | os.PathLike[str] | torch.nn.Module,
+    *,
+    allow_missing: bool = False,
+    allow_random_head: bool = False,
+    seed: int = 0,
+) -> tuple[torch.nn.Module, Path | None, LoadReport | None]:
     if isinstance(model, torch.nn.Module):
-        return model, None
-    path = Path(model)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a saved model folder (no config.json)")
+        return model, None, None
     from transformers import AutoModelForMaskedLM
 
-    import gmat.modeling  # noqa: F401  (registers model_type="gmat" with the Auto classes)
-
-    return AutoModelForMaskedLM.from_pretrained(path), path
+    net, report = load_pretrained(
+        AutoModelForMaskedLM,
+        model,
+        allow_missing=allow_missing,
+        allow_random_head=allow_random_head,
+        head_seed=seed,
+        what_to_train="train a masked LM from it first (gmat train, task.name: mlm)",
+    )
+    return net, Path(model), report
 
 
 @torch.no_grad()
@@ -447,6 +457,8 @@ def evaluate_mlm(
     progress: bool = False,
     per_example: bool = False,
     memory_swap: bool = False,
+    allow_missing: bool = False,
+    allow_random_head: bool = False,
 ) -> dict[str, Any]:
     """Masked-LM loss, perplexity and accuracy of a saved model on a corpus, overall and by chunk locality.
 
@@ -470,6 +482,9 @@ def evaluate_mlm(
         memory_swap: score every example with the memory rows of the previous example in its batch
             (``swapped_memory``); needs a GMAT model with memory and ``batch_size`` >= 2. A last batch of
             one example is skipped (``"skipped_examples"``), so compare runs example by example.
+        allow_missing: evaluate a folder although encoder weights are missing or unexpected ones present.
+        allow_random_head: evaluate a folder without a masked-LM head (e.g. a converted encoder) with a head
+            initialised at random from ``seed``; the result then holds ``"random_head": true`` and the seed.
 
     Returns:
         ``{"model", "data", "length", "split_chunk_size", "num_examples", "metrics": {group: {...}}}`` with
@@ -477,6 +492,7 @@ def evaluate_mlm(
 
     Raises:
         FileNotFoundError: if ``model`` is not a saved model folder.
+        CheckpointError: if the folder fails its manifest or lacks weights (the head included) not allowed.
         CorpusError: on unusable data (missing, empty, shorter than one example).
         ValueError: for ``length`` < 2, ``batch_size`` < 1, ``memory_swap`` with ``batch_size`` < 2 or a model
             without memory rows.
@@ -499,7 +515,9 @@ def evaluate_mlm(
         )
         tok = WordPieceTokenizer(tok_path)
         cache = build_token_cache(data, cache_dir, tokenizer=tok, progress=progress)
-    net, _ = _load_model(model)
+    net, _, report = _load_model(
+        model, allow_missing=allow_missing, allow_random_head=allow_random_head, seed=seed
+    )
     net.to(device).eval()
     config = net.config
     length = int(length if length is not None else config.max_position_embeddings)
@@ -561,6 +579,8 @@ def evaluate_mlm(
         "seed": seed,
         "metrics": metrics.compute(),
     }
+    if report is not None and report.random_head:
+        result.update(random_head=True, random_head_seed=report.head_seed)
     if memory_swap:
         result.update(memory="swapped", skipped_examples=skipped)
     if per_example:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import Pipeline
 
+from gmat.modeling.loading import load_pretrained
 from gmat.tasks.rc import (
     MAX_QUERY_LENGTH,
     RC_SETTINGS_FILE,
@@ -52,6 +53,9 @@ def predict_answer(
     device: str = "auto",
     model: torch.nn.Module | None = None,
     tokenizer: Any = None,
+    allow_missing: bool = False,
+    allow_random_head: bool = False,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Find the answer span to ``question`` in ``document``.
 
@@ -64,6 +68,10 @@ def predict_answer(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         model: an already loaded model to use instead of loading ``model_dir``.
         tokenizer: an already loaded tokenizer to use instead of loading ``model_dir``.
+        allow_missing: load ``model_dir`` although encoder weights are missing or unexpected ones present.
+        allow_random_head: load ``model_dir`` without a QA head, initialised at random from ``seed`` (the
+            result then holds ``"random_head": true`` and the seed).
+        seed: seed of that random head.
 
     Returns:
         ``{"answer": str, "score": float, "start": int, "end": int, "tokens": int, "mode": str}`` with
@@ -71,6 +79,7 @@ def predict_answer(
 
     Raises:
         ValueError: on an empty question or document, or a document longer than the model reads at once.
+        CheckpointError: if ``model_dir`` fails its manifest or lacks weights (the head included) not allowed.
     """
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
@@ -91,8 +100,17 @@ def predict_answer(
     )
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    report = None
     if model is None:
-        model = AutoModelForQuestionAnswering.from_pretrained(model_dir).to(dev)
+        model, report = load_pretrained(
+            AutoModelForQuestionAnswering,
+            model_dir,
+            allow_missing=allow_missing,
+            allow_random_head=allow_random_head,
+            head_seed=seed,
+            what_to_train="fine-tune it on reading comprehension first (gmat train, task.name: rc)",
+        )
+        model = model.to(dev)
     max_length = int(model.config.max_position_embeddings)
 
     enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
@@ -127,7 +145,7 @@ def predict_answer(
     example = RCExample("query", question, document, (Answer("", 0),), 0, (0, 0), 0, (0,))
     logits = predict_logits(model, features, batch_size=8, device=dev, pad_id=tokenizer.pad_token_id or 0)
     pred = decode_predictions([example], features, logits, max_answer_length)["query"]
-    return {
+    result = {
         "answer": pred.text,
         "score": pred.score,
         "start": pred.start,
@@ -135,6 +153,9 @@ def predict_answer(
         "tokens": total,
         "mode": mode,
     }
+    if report is not None and report.random_head:
+        result.update(random_head=True, random_head_seed=report.head_seed)
+    return result
 
 
 class GmatQuestionAnsweringPipeline(Pipeline):

@@ -12,15 +12,14 @@ Layout of a checkpoint directory (``RUN_DIR/checkpoints/step_00000300/``)::
 Writing is atomic: everything goes to a hidden temporary directory next to the target, each file is
 fsynced, the directory is renamed into place (``os.replace``), and only then does the ``LATEST`` pointer
 move (itself written to a temporary file and renamed). A process killed at any moment therefore leaves the
-previous checkpoint and pointer intact; leftover temporary directories are ignored and cleaned up by the
-next save. Loading checks the manifest, so a truncated or corrupted file raises ``CheckpointError``
-naming it.
+previous checkpoint and pointer intact. Temporary names end in the writer's pid (``.tmp-NAME-PID``); those of
+pids no longer running are removed by ``remove_stale_temp`` when a run starts and by the next save, never
+those of a live process. Loading checks the manifest (``gmat.modeling.loading``), so a truncated or
+corrupted file raises ``CheckpointError`` naming it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -30,7 +29,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
+
+from gmat.modeling.loading import MANIFEST_FILE, CheckpointError, save_tensors, verify_manifest, write_manifest
 
 __all__ = [
     "CheckpointError",
@@ -39,6 +40,7 @@ __all__ = [
     "latest_checkpoint",
     "load_model_weights",
     "load_training_state",
+    "remove_stale_temp",
     "save_checkpoint",
     "save_weights",
 ]
@@ -48,14 +50,9 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
-MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "LATEST"
 _TMP_PREFIX = ".tmp-"
 _RESERVED = (MODEL_FILE, STATE_FILE, CONFIG_FILE, MANIFEST_FILE, LATEST_FILE)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated or corrupted; the message names the file."""
 
 
 # ---- atomic primitives ---------------------------------------------------------------------------------
@@ -77,6 +74,49 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp(directory: str | Path, *, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files and folders (``.tmp-NAME-PID``) that dead writers left under ``directory``.
+
+    A writer killed mid-save (``kill -9``, a full disk) leaves its temporary file or folder behind. Those
+    whose pid is no longer running, or is this process's (its saves run one at a time, so none is in
+    progress when this is called), are removed; another live pid's (a save in progress) and names without a
+    pid are kept. Pids are of this machine: a run directory shared between hosts needs one writer at a time
+    (the run-directory lock).
+
+    Returns:
+        The paths removed.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = directory.rglob(f"{_TMP_PREFIX}*") if recursive else directory.glob(f"{_TMP_PREFIX}*")
+    removed = []
+    for path in sorted(found):
+        pid = path.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _pid_running(int(pid))):
+            continue
+        if not (path.exists() or path.is_symlink()):  # inside a folder removed before
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    if removed:
+        logger.info("removed %d stale temporary file(s) of dead writers: %s", len(removed), [str(p) for p in removed])
+    return removed
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temporary file in the same directory, fsync, rename."""
     path = Path(path)
@@ -92,50 +132,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """``atomic_write_bytes`` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_manifest(directory: Path) -> None:
-    files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
-    manifest = {
-        name: {"sha256": _sha256(directory / name), "bytes": (directory / name).stat().st_size}
-        for name in files
-    }
-    with open(directory / MANIFEST_FILE, "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _verify(directory: Path, names: tuple[str, ...]) -> None:
-    """Check ``names`` against the manifest of ``directory``; raise ``CheckpointError`` naming a bad file."""
-    manifest_path = directory / MANIFEST_FILE
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{manifest_path}: missing; {directory} is not a complete checkpoint") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{manifest_path}: unreadable or corrupted ({err})") from err
-    for name in names:
-        path = directory / name
-        if name not in manifest:
-            raise CheckpointError(f"{path}: not listed in {manifest_path}")
-        if not path.is_file():
-            raise CheckpointError(f"{path}: missing")
-        size = path.stat().st_size
-        if size != manifest[name]["bytes"]:
-            raise CheckpointError(
-                f"{path}: truncated or corrupted ({size} bytes, expected {manifest[name]['bytes']})"
-            )
-        if _sha256(path) != manifest[name]["sha256"]:
-            raise CheckpointError(f"{path}: corrupted (SHA-256 does not match {manifest_path})")
 
 
 # ---- save ------------------------------------------------------------------------------------------------
@@ -189,12 +185,10 @@ def _save_dir(
         if name in _RESERVED or Path(name).name != name or name.startswith("."):
             raise ValueError(f"files: {name!r} is not a plain file name free to use next to the weights")
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f"{_TMP_PREFIX}*"):  # leftovers of a save that was killed
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temp(final.parent, recursive=False)  # leftovers of a save that was killed
     tmp = final.with_name(f"{_TMP_PREFIX}{final.name}-{os.getpid()}")
     tmp.mkdir()
-    save_model(model, str(tmp / MODEL_FILE))
+    save_tensors(model, tmp / MODEL_FILE)
     _fsync_file(tmp / MODEL_FILE)
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
@@ -210,7 +204,7 @@ def _save_dir(
     for name, data in files.items():
         (tmp / name).write_bytes(data)
         _fsync_file(tmp / name)
-    _write_manifest(tmp)
+    write_manifest(tmp)
     _fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. after a resume): move the old one aside first
         trash = final.with_name(f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}")
@@ -247,7 +241,7 @@ def load_model_weights(directory: str | Path, model: torch.nn.Module) -> None:
         CheckpointError: naming the file when it is missing, truncated, corrupted or does not fit ``model``.
     """
     directory = Path(directory)
-    _verify(directory, (MODEL_FILE,))
+    verify_manifest(directory, (MODEL_FILE,))
     path = directory / MODEL_FILE
     try:
         tensors = load_file(str(path))
@@ -277,7 +271,7 @@ def load_training_state(directory: str | Path) -> dict[str, Any]:
         CheckpointError: naming the file when it is missing, truncated or corrupted.
     """
     directory = Path(directory)
-    _verify(directory, (STATE_FILE,))
+    verify_manifest(directory, (STATE_FILE,))
     path = directory / STATE_FILE
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -78,6 +78,8 @@ class TrainSettings:
             default, e.g. ``accuracy``; ``mlm_loss`` for MLM).
         best_mode: ``"max"`` or ``"min"`` (empty: ``"min"`` when the metric's name contains ``loss`` or
             ``perplexity``, else ``"max"``).
+        ddp_timeout_s: data-parallel runs: how long joining the process group and each collective wait for the
+            other ranks before the job stops with an error (a stopped or hung rank would hold the others forever).
     """
 
     steps: int = 200
@@ -106,6 +108,7 @@ class TrainSettings:
     max_nonfinite_steps: int = 3
     best_metric: str = ""
     best_mode: str = ""
+    ddp_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -138,6 +141,8 @@ class TrainSettings:
             raise ValueError(
                 f"train.best_mode must be 'max' or 'min' (or empty: by the metric), got {self.best_mode!r}"
             )
+        if not self.ddp_timeout_s > 0:
+            raise ValueError(f"train.ddp_timeout_s must be > 0 seconds, got {self.ddp_timeout_s}")
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(
                 f"train.batch_size={self.batch_size} must be divisible by "

@@ -12,18 +12,23 @@ processes thus see the same global batches, and resuming needs only the step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
     "DistInfo",
+    "DistributedTimeoutError",
     "all_reduce_sum",
     "barrier",
     "cleanup_distributed",
+    "collective_timeout",
     "init_distributed",
     "micro_batch_indices",
 ]
@@ -58,11 +63,20 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+class DistributedTimeoutError(RuntimeError):
+    """A collective waited longer than ``train.ddp_timeout_s``: another rank is stuck, stopped or dead."""
+
+    exit_code = 1  # ``gmat train`` reports it in one line: a failed run, not bad input
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1), pick the device.
 
     Args:
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        timeout_s: how long joining the group and each collective may wait for the other ranks
+            (``train.ddp_timeout_s``); past it gloo raises (see ``collective_timeout``) and NCCL's watchdog
+            ends the process, so a stopped or hung rank cannot hold the others forever.
 
     Raises:
         ValueError: if ``device="cuda"`` is requested without CUDA.
@@ -80,10 +94,28 @@ def init_distributed(device: str = "auto") -> DistInfo:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        dist.init_process_group(
+            backend=backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
+        )
         if rank == 0:
             logger.info("joined process group: %d processes (%s)", world_size, backend)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+@contextlib.contextmanager
+def collective_timeout(info: DistInfo, timeout_s: float) -> Iterator[None]:
+    """Turn a collective's timeout inside the block into ``DistributedTimeoutError`` naming the setting."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err).lower()
+        if not info.distributed or not ("timed out" in text or "timeout" in text):
+            raise
+        raise DistributedTimeoutError(
+            f"rank {info.rank}: a data-parallel collective waited more than train.ddp_timeout_s={timeout_s:g} s "
+            f"for the other ranks (one is stuck, stopped or dead); stopping. If steps or evaluations "
+            f"legitimately take longer, raise train.ddp_timeout_s. ({str(err).splitlines()[0]})"
+        ) from err
 
 
 def cleanup_distributed(info: DistInfo) -> None:

@@ -64,6 +64,7 @@ from gmat.training.checkpoint import (
     latest_checkpoint,
     load_model_weights,
     load_training_state,
+    remove_stale_temp,
     save_checkpoint,
     save_weights,
 )
@@ -80,9 +81,11 @@ from gmat.training.distributed import (
     all_reduce_sum,
     barrier,
     cleanup_distributed,
+    collective_timeout,
     init_distributed,
     micro_batch_indices,
 )
+from gmat.training.rundir import run_dir_lock
 
 __all__ = ["TrainingDiverged", "evaluate_model", "lr_multiplier", "train"]
 
@@ -319,12 +322,18 @@ def train(
         TrainingDiverged: after ``train.max_nonfinite_steps`` consecutive non-finite steps.
         ValueError: on a resumed run whose config changed (unless allowed), a ``train.best_metric`` the task
             does not report, or a batch the model cannot embed.
+        RunDirLockedError: if another process trains in ``run_dir`` (rank 0 holds ``RUN_DIR/.lock``).
+        DistributedTimeoutError: if a collective waits longer than ``train.ddp_timeout_s``.
     """
-    info = init_distributed(config.train.device)
+    info = init_distributed(config.train.device, timeout_s=config.train.ddp_timeout_s)
     try:
-        return _train(
-            config, info, resume=resume, stop_after=stop_after, allow_config_change=allow_config_change
-        )
+        with collective_timeout(info, config.train.ddp_timeout_s):
+            with run_dir_lock(config.run_dir) if info.is_main else contextlib.nullcontext():
+                if info.is_main:
+                    remove_stale_temp(config.run_dir)  # left by a writer killed mid-save
+                return _train(
+                    config, info, resume=resume, stop_after=stop_after, allow_config_change=allow_config_change
+                )
     finally:
         cleanup_distributed(info)
 

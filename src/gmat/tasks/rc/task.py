@@ -27,6 +27,7 @@ import torch
 from gmat.modeling import GmatForQuestionAnswering, factory
 from gmat.modeling.convert import resolve_bert_checkpoint
 from gmat.modeling.factory import ModelSettings
+from gmat.modeling.loading import load_pretrained
 from gmat.tasks.base import hardware_description
 from gmat.tasks.rc.features import (
     Feature,
@@ -457,6 +458,8 @@ def evaluate_rc(
     device: str = "auto",
     model: torch.nn.Module | None = None,
     tokenizer: Any = None,
+    allow_missing: bool = False,
+    allow_random_head: bool = False,
 ) -> dict[str, Any]:
     """Score a QA model on a SQuAD-format file; optionally write predictions and metrics.
 
@@ -478,6 +481,9 @@ def evaluate_rc(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         model: an already loaded model to use instead of loading ``model_dir``.
         tokenizer: an already loaded tokenizer to use instead of loading ``model_dir``.
+        allow_missing: load ``model_dir`` although encoder weights are missing or unexpected ones present.
+        allow_random_head: load ``model_dir`` without a QA head (e.g. a converted encoder), initialised at
+            random from ``seed``; the result then holds ``"random_head": true`` and the seed.
 
     Returns:
         ``{"em", "f1", "count", "by_distance", "answers_truncated", "load_stats", "mode", "length",
@@ -485,6 +491,7 @@ def evaluate_rc(
 
     Raises:
         ValueError: on a malformed data file or bad settings (the message names them).
+        CheckpointError: if ``model_dir`` fails its manifest or lacks weights (the head included) not allowed.
     """
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
@@ -503,8 +510,17 @@ def evaluate_rc(
     dev = torch.device(device)
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    report = None
     if model is None:
-        model = AutoModelForQuestionAnswering.from_pretrained(model_dir).to(dev)
+        model, report = load_pretrained(
+            AutoModelForQuestionAnswering,
+            model_dir,
+            allow_missing=allow_missing,
+            allow_random_head=allow_random_head,
+            head_seed=seed,
+            what_to_train="fine-tune it on reading comprehension first (gmat train, task.name: rc)",
+        )
+        model = model.to(dev)
     max_length = int(model.config.max_position_embeddings)
     if mode == "windows":
         max_length = min(max_length, int(settings.get("window_length", max_length)))
@@ -543,6 +559,8 @@ def evaluate_rc(
         "eval_seconds": round(time.perf_counter() - t0, 2),
         "hardware": hardware_description(dev),
     }
+    if report is not None and report.random_head:
+        result.update(random_head=True, random_head_seed=report.head_seed)
     if out_dir is not None:
         _write_eval(out_dir, result, predictions, per_question)
     logger.info(
