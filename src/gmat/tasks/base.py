@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -134,7 +135,7 @@ def check_batch(batch: dict[str, torch.Tensor], config: Any, where: str, *, requ
 class CountingTask:
     """Base of tasks scored by additive counts: ``evaluate`` sums ``metric_counts`` over batches and ranks.
 
-    Subclasses give ``iter_eval(batch_size, rank, world_size, split)``, ``metric_counts(logits, labels)`` (a
+    Subclasses give ``batch(split, indices)``, ``eval_indices(split)``, ``metric_counts(logits, labels)`` (a
     float64 CPU vector) and ``compute_metrics(counts)``; they may override ``forward_loss``.
     """
 
@@ -147,11 +148,17 @@ class CountingTask:
         out = model(**batch)
         return out, out.loss
 
+    def eval_indices(self, split: str = "eval") -> Any:
+        """The example indices of an evaluation split (an array or a range)."""
+        raise NotImplementedError
+
     def iter_eval(
         self, batch_size: int, rank: int = 0, world_size: int = 1, split: str = "eval"
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield this rank's share of ``split``, in batches."""
-        raise NotImplementedError
+        """Yield this rank's share (``rank::world_size``) of ``eval_indices(split)``, in batches."""
+        mine = self.eval_indices(split)[rank::world_size]
+        for start in range(0, len(mine), batch_size):
+            yield self.batch(split, mine[start : start + batch_size])
 
     def metric_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Additive statistics of one batch."""
@@ -215,3 +222,10 @@ def hardware_description(device: torch.device) -> str:
         f"CPU {cpu}, {os.cpu_count()} logical cores visible, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}"
     )
+
+
+def evenly_spaced(n: int, count: int) -> np.ndarray:
+    """``count`` evenly spaced indices of ``range(n)`` (all of them when ``count`` is 0 or at least ``n``)."""
+    if count == 0 or count >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))

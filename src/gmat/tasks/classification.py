@@ -22,7 +22,6 @@ import csv
 import json
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import torch
 from gmat.data.corpus import WordPieceTokenizer
 from gmat.modeling import GmatForSequenceClassification, factory
 from gmat.modeling.factory import ModelSettings
-from gmat.tasks.base import CountingTask
+from gmat.tasks.base import CountingTask, evenly_spaced
 
 __all__ = ["ClassificationSettings", "ClassificationTask", "LabelledDocuments", "read_documents"]
 
@@ -303,18 +302,7 @@ class ClassificationTask(CountingTask):
 
     def eval_indices(self, split: str = "eval") -> np.ndarray:
         """``eval_size`` evenly spaced documents of ``split`` (all when 0)."""
-        n = len(self.encoded(split)[0])
-        if self.spec.eval_size == 0 or self.spec.eval_size >= n:
-            return np.arange(n)
-        return np.unique(np.linspace(0, n - 1, self.spec.eval_size).round().astype(np.int64))
-
-    def iter_eval(
-        self, batch_size: int, rank: int = 0, world_size: int = 1, split: str = "eval"
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield this rank's share (``rank::world_size``) of the evaluation documents, in batches."""
-        mine = self.eval_indices(split)[rank::world_size]
-        for start in range(0, len(mine), batch_size):
-            yield self.batch(split, mine[start : start + batch_size])
+        return evenly_spaced(len(self.encoded(split)[0]), self.spec.eval_size)
 
     def metric_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The flattened ``(K, K)`` confusion matrix (row = gold class, column = prediction), float64 on CPU."""

@@ -18,7 +18,6 @@ of ``(seed, split, index)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +27,7 @@ from gmat.data.corpus import PackedExamples, WordPieceTokenizer
 from gmat.modeling import GmatForMaskedLM, factory
 from gmat.modeling.compression import GmatCompressionConfig, GmatForCompression, compression_from_masked_lm
 from gmat.modeling.factory import ModelSettings
-from gmat.tasks.base import CountingTask
+from gmat.tasks.base import CountingTask, evenly_spaced
 from gmat.tasks.mlm import IGNORE_INDEX, CorpusSettings, mask_tokens, masked_token_counts, pack_split
 
 __all__ = [
@@ -174,10 +173,7 @@ class CompressionTask(CountingTask):
 
     def eval_indices(self, split: str = "eval") -> np.ndarray:
         """``eval_size`` evenly spaced example indices of an evaluation split (all when 0 or fewer)."""
-        n = len(self.examples(split))
-        if self.spec.eval_size == 0 or self.spec.eval_size >= n:
-            return np.arange(n)
-        return np.unique(np.linspace(0, n - 1, self.spec.eval_size).round().astype(np.int64))
+        return evenly_spaced(len(self.examples(split)), self.spec.eval_size)
 
     def _example_id(self, split: str, index: int) -> int:
         n = len(self.examples(split))
@@ -227,14 +223,6 @@ class CompressionTask(CountingTask):
             out["context_ids"] = ctx
             out["context_attention_mask"] = torch.ones_like(ctx)
         return out
-
-    def iter_eval(
-        self, batch_size: int, rank: int = 0, world_size: int = 1, split: str = "eval"
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield this rank's share of the evaluation examples, in batches."""
-        mine = self.eval_indices(split)[rank::world_size]
-        for start in range(0, len(mine), batch_size):
-            yield self.batch(split, mine[start : start + batch_size])
 
     def metric_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Return ``[loss_sum, correct, tokens, 0]`` (float64) over labels != -100 (``masked_token_counts``)."""

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from gmat.modeling import GmatForMaskedLM, factory
 from gmat.modeling.factory import ModelSettings
 from gmat.modeling.loading import LoadReport, load_pretrained
 from gmat.modeling.probes import masked_lm_logits, swapped_memory
-from gmat.tasks.base import CountingTask, prediction_is_finite
+from gmat.tasks.base import CountingTask, evenly_spaced, prediction_is_finite
 
 __all__ = [
     "CorpusSettings",
@@ -355,10 +354,7 @@ class MLMTask(CountingTask):
 
     def eval_indices(self, split: str = "eval") -> np.ndarray:
         """Return ``eval_size`` evenly spaced example indices of an evaluation split (all when 0)."""
-        n = len(self.examples(split))
-        if self.spec.eval_size == 0 or self.spec.eval_size >= n:
-            return np.arange(n)
-        return np.unique(np.linspace(0, n - 1, self.spec.eval_size).round().astype(np.int64))
+        return evenly_spaced(len(self.examples(split)), self.spec.eval_size)
 
     def _rng(self, split: str, index: int) -> np.random.Generator:
         return np.random.default_rng([self.spec.seed, _SPLIT_IDS[split], int(index)])
@@ -397,14 +393,6 @@ class MLMTask(CountingTask):
             "attention_mask": torch.ones_like(input_ids),
             "labels": torch.from_numpy(np.stack(labels)),
         }
-
-    def iter_eval(
-        self, batch_size: int, rank: int = 0, world_size: int = 1, split: str = "eval"
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield this rank's share of the evaluation examples, in batches (same masks every time)."""
-        mine = self.eval_indices(split)[rank::world_size]
-        for start in range(0, len(mine), batch_size):
-            yield self.batch(split, mine[start : start + batch_size])
 
     def metric_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``[loss_sum, correct, masked tokens, 0]`` float64 of a batch (see ``masked_token_counts``)."""
@@ -532,12 +520,7 @@ def evaluate_mlm(
             f"({config.vocab_size})"
         )
     packed = PackedExamples(cache, length)
-    n = len(packed)
-    indices = (
-        np.arange(n)
-        if not max_examples or max_examples >= n
-        else np.unique(np.linspace(0, n - 1, max_examples).round().astype(np.int64))
-    )
+    indices = evenly_spaced(len(packed), max_examples)
     metrics = MLMMetrics()
     batches = range(0, len(indices), batch_size)
     if progress:

@@ -9,7 +9,6 @@ document in overlapping windows instead, so any length works for it. The score i
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,15 @@ from typing import Any
 import torch
 from transformers import Pipeline
 
-from gmat.modeling.loading import load_pretrained
 from gmat.tasks.rc import (
     MAX_QUERY_LENGTH,
-    RC_SETTINGS_FILE,
     Answer,
     RCExample,
     TokenizedText,
     decode_predictions,
     encode_long,
     encode_windows,
+    load_qa_model,
     predict_logits,
 )
 
@@ -81,36 +79,21 @@ def predict_answer(
         ValueError: on an empty question or document, or a document longer than the model reads at once.
         CheckpointError: if ``model_dir`` fails its manifest or lacks weights (the head included) not allowed.
     """
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
-    import gmat.modeling  # noqa: F401  (registers model_type "gmat" with the Auto classes)
-
     if not question.strip():
         raise ValueError("the question is empty")
     if not document.strip():
         raise ValueError("the document is empty")
-    if model_dir is None and (model is None or tokenizer is None):
-        raise ValueError("model_dir is None: pass a saved model folder, or both model= and tokenizer=")
-    settings_path = None if model_dir is None else Path(model_dir) / RC_SETTINGS_FILE
-    settings = json.loads(settings_path.read_text()) if settings_path and settings_path.is_file() else {}
+    model, tokenizer, settings, dev, report = load_qa_model(
+        model_dir,
+        device,
+        model=model,
+        tokenizer=tokenizer,
+        allow_missing=allow_missing,
+        allow_random_head=allow_random_head,
+        seed=seed,
+    )
     mode = settings.get("featurization", "long")
     max_answer_length = max_answer_length or settings.get("max_answer_length", 30)
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    )
-    if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    report = None
-    if model is None:
-        model, report = load_pretrained(
-            AutoModelForQuestionAnswering,
-            model_dir,
-            allow_missing=allow_missing,
-            allow_random_head=allow_random_head,
-            head_seed=seed,
-            what_to_train="fine-tune it on reading comprehension first (gmat train, task.name: rc)",
-        )
-        model = model.to(dev)
     max_length = int(model.config.max_position_embeddings)
 
     enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)

@@ -29,7 +29,6 @@ Tasks (L = ``seq_len``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,13 +260,9 @@ class SyntheticTask(CountingTask):
         labels = torch.as_tensor(np.stack([np.asarray(e["labels"]) for e in examples]), dtype=torch.int64)
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
 
-    def iter_eval(
-        self, batch_size: int, rank: int = 0, world_size: int = 1, split: str = "eval"
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield this rank's share (indices ``rank::world_size``) of the evaluation split, in batches."""
-        mine = range(rank, self.spec.eval_size, world_size)
-        for start in range(0, len(mine), batch_size):
-            yield self.batch(split, mine[start : start + batch_size])
+    def eval_indices(self, split: str = "eval") -> range:
+        """The first ``eval_size`` examples of ``split`` (every example is generated from its index)."""
+        return range(self.spec.eval_size)
 
     # ---- loss and metrics -------------------------------------------------------------------------------
     def forward_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:

@@ -74,7 +74,8 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` is alive (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -103,7 +104,7 @@ def remove_stale_temp(directory: str | Path, *, recursive: bool = True) -> list[
     removed = []
     for path in sorted(found):
         pid = path.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or (int(pid) != os.getpid() and _pid_running(int(pid))):
+        if not pid.isdigit() or (int(pid) != os.getpid() and pid_running(int(pid))):
             continue
         if not (path.exists() or path.is_symlink()):  # inside a folder removed before
             continue

@@ -19,6 +19,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from gmat.training.checkpoint import pid_running
+
 __all__ = ["LOCK_FILE", "RunDirLockedError", "run_dir_lock"]
 
 logger = logging.getLogger(__name__)
@@ -28,16 +30,6 @@ LOCK_FILE = ".lock"
 
 class RunDirLockedError(RuntimeError):
     """Another live process trains in this run directory; the message names the directory and its pid."""
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
 
 
 def _read_pid(fd: int) -> int | None:
@@ -76,7 +68,7 @@ def run_dir_lock(run_dir: str | Path) -> Iterator[Path]:
                 raise
             holder = _read_pid(fd)
             logger.warning("%s: the filesystem has no flock (%s); locking by pid only", path, err)
-            if holder is not None and holder != os.getpid() and _pid_running(holder):
+            if holder is not None and holder != os.getpid() and pid_running(holder):
                 raise _locked(run_dir, holder) from None
         previous = _read_pid(fd)
         if previous is not None and previous != os.getpid():

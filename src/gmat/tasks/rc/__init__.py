@@ -28,8 +28,8 @@ Pipeline, top to bottom:
 5. **Scoring**: EM / F1 (``gmat.tasks.squad_metrics``) overall and by the answer's distance from the
    question in chunks of ``distance_chunk_size`` tokens of the long layout (``distance_bucket``).
 
-Modules: ``squad`` (1–2), ``features`` (3–5), ``task`` (``RCTask``, the ``Task`` that ``gmat train`` drives,
-and ``evaluate_rc`` behind ``gmat eval rc``).
+Modules: ``squad`` (1–2), ``features`` (3–5), ``scoring`` (logits, decoding and EM / F1 of a model;
+``evaluate_rc`` behind ``gmat eval rc``), ``task`` (``RCTask``, the ``Task`` that ``gmat train`` drives).
 """
 
 from gmat.tasks.base import hardware_description
@@ -47,6 +47,7 @@ from gmat.tasks.rc.features import (
     featurize,
     score_predictions,
 )
+from gmat.tasks.rc.scoring import evaluate_rc, load_qa_model, predict_logits, subsample_questions
 from gmat.tasks.rc.squad import (
     DISTANCE_BUCKETS,
     MAX_QUERY_LENGTH,
@@ -66,7 +67,7 @@ from gmat.tasks.rc.squad import (
     select_paragraph_span,
     tokenize_articles,
 )
-from gmat.tasks.rc.task import RCTask, RCTaskSettings, evaluate_rc, predict_logits, subsample_questions
+from gmat.tasks.rc.task import RCTask, RCTaskSettings
 
 __all__ = [
     "DISTANCE_BUCKETS",
@@ -97,6 +98,7 @@ __all__ = [
     "evaluate_rc",
     "featurize",
     "hardware_description",
+    "load_qa_model",
     "load_squad",
     "placement_fraction",
     "predict_logits",
