@@ -133,12 +133,23 @@ def test_blocked_sdpa_route_matches_reference(monkeypatch, shape, pattern, paddi
     test_forward_and_gradients_fp32("blocked", "cpu", torch.float32, shape, pattern, padding)
 
 
-def test_cpu_chunks_with_memory_take_the_merge_route(monkeypatch):
+def test_cpu_chunks_take_the_flash_route(monkeypatch):
     calls = []
-    merged = blocked._ChunkedMemoryFlashCPU.apply
-    monkeypatch.setattr(blocked._ChunkedMemoryFlashCPU, "apply", lambda *a: calls.append(1) or merged(*a))
+    merged = blocked._ChunkedFlashCPU.apply
+    monkeypatch.setattr(blocked._ChunkedFlashCPU, "apply", lambda *a: calls.append(1) or merged(*a))
     q, k, v = inputs((1, 2, 40, 3, 16), "cpu", torch.float32, requires_grad=False)
     gmat_attention(q, k, v, make_pattern(3, "chunked", 16), backend="blocked")
     gmat_attention(q, k, v, make_pattern(3, "chunked", 16), backend="blocked", dropout_p=0.1)
     gmat_attention(q, k, v, make_pattern(3, "window", 4), backend="blocked")
     assert calls == [1]
+
+
+GROUP_CASES = [(shape, make_pattern(shape[3], "chunked", size)) for shape in SHAPES for size in (8, 32)]
+
+
+@pytest.mark.parametrize(("shape", "pattern"), GROUP_CASES, ids=str)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_cpu_flash_route_in_small_groups_matches_reference(monkeypatch, shape, pattern, padding):
+    """The CPU flash route walks rows and keys a group at a time at long L; force tiny groups here."""
+    monkeypatch.setattr(blocked, "_GROUP_ELEMENTS", 1)  # one chunk (and one memory-row key) per kernel call
+    test_forward_and_gradients_fp32("blocked", "cpu", torch.float32, shape, pattern, padding)
