@@ -82,3 +82,23 @@ def test_pattern_fields_drop_the_size_the_pattern_does_not_use() -> None:
     fields = pattern_fields(chunked)
     assert (fields["chunk_size"], fields["attention_window"]) == (64, None)
     assert GmatConfig(**fields).chunk_size == 64  # accepted as is
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"attention_pattern": "chunked", "chunk_size": 4097, "max_position_embeddings": 4096}, "chunk_size"),
+        ({"attention_pattern": "window", "attention_window": 64, "max_position_embeddings": 64}, "attention_window"),
+    ],
+)
+def test_a_chunk_or_window_wider_than_any_input_warns_once(kwargs: dict, field: str) -> None:
+    with pytest.warns(UserWarning, match=rf"GmatConfig\.{field}=\d+ covers max_position_embeddings") as caught:
+        GmatConfig(**kwargs)
+        GmatConfig(**kwargs)  # the same values again: no second warning
+    assert len([w for w in caught if field in str(w.message)]) == 1
+
+
+def test_a_chunk_that_fits_does_not_warn(recwarn) -> None:
+    GmatConfig(attention_pattern="chunked", chunk_size=512, max_position_embeddings=512)
+    GmatConfig(attention_pattern="window", attention_window=511, max_position_embeddings=512)
+    assert not [w for w in recwarn if "covers max_position_embeddings" in str(w.message)]
