@@ -133,25 +133,29 @@ def test_blocked_sdpa_route_matches_reference(monkeypatch, shape, pattern, paddi
     test_forward_and_gradients_fp32("blocked", "cpu", torch.float32, shape, pattern, padding)
 
 
-def test_cpu_chunks_take_the_flash_route(monkeypatch):
+def test_cpu_chunks_and_windows_take_the_flash_routes(monkeypatch):
     calls = []
-    merged = blocked._ChunkedFlashCPU.apply
-    monkeypatch.setattr(blocked._ChunkedFlashCPU, "apply", lambda *a: calls.append(1) or merged(*a))
+    for route in (blocked._ChunkedFlashCPU, blocked._WindowFlashCPU):
+        monkeypatch.setattr(route, "apply", lambda *a, f=route.apply, r=route: calls.append(r.__name__) or f(*a))
     q, k, v = inputs((1, 2, 40, 3, 16), "cpu", torch.float32, requires_grad=False)
     gmat_attention(q, k, v, make_pattern(3, "chunked", 16), backend="blocked")
     gmat_attention(q, k, v, make_pattern(3, "chunked", 16), backend="blocked", dropout_p=0.1)
     gmat_attention(q, k, v, make_pattern(3, "window", 4), backend="blocked")
-    assert calls == [1]
+    gmat_attention(q, k, v, make_pattern(3, "window", 4), backend="blocked", dropout_p=0.1)
+    gmat_attention(q, k, v, make_pattern(0, "window", 4), backend="blocked")
+    gmat_attention(q, k, v, make_pattern(3, "dense", None), backend="blocked")
+    assert calls == ["_ChunkedFlashCPU", "_WindowFlashCPU", "_WindowFlashCPU"]
 
 
-GROUP_CASES = [(shape, make_pattern(shape[3], "chunked", size)) for shape in SHAPES for size in (8, 32)]
+GROUP_CASES = [(shape, make_pattern(shape[3], kind, size)) for shape in SHAPES
+               for kind, size in (("chunked", 8), ("chunked", 32), ("window", 0), ("window", 3), ("window", 40))]
 
 
 @pytest.mark.parametrize(("shape", "pattern"), GROUP_CASES, ids=str)
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_cpu_flash_route_in_small_groups_matches_reference(monkeypatch, shape, pattern, padding):
-    """The CPU flash route walks rows and keys a group at a time at long L; force tiny groups here."""
-    monkeypatch.setattr(blocked, "_GROUP_ELEMENTS", 1)  # one chunk (and one memory-row key) per kernel call
+    """The CPU flash routes walk rows and keys a group at a time at long L; force tiny groups here."""
+    monkeypatch.setattr(blocked, "_GROUP_ELEMENTS", 1)  # one chunk or row (and one memory-row key) per call
     test_forward_and_gradients_fp32("blocked", "cpu", torch.float32, shape, pattern, padding)
 
 

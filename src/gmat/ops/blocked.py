@@ -82,13 +82,13 @@ def _with_nonempty_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _merges_on_cpu(q: torch.Tensor, pattern: AttentionPattern, dropout_p: float) -> bool:
-    """Whether the flash-kernel route (``_ChunkedFlashCPU``) applies: CPU, chunks, no dropout.
+    """Whether a flash-kernel route (``_ChunkedFlashCPU``, ``_WindowFlashCPU``) applies: CPU, no dropout.
 
     Not under ``torch.export`` (hence ONNX export): ONNX Runtime rejects this route's exported graph (a
     Reshape of the kernel's log-sum-exp receives another shape), so exported graphs take the batched-SDPA
     route, which computes the same attention.
     """
-    return (q.device.type == "cpu" and pattern.kind == "chunked" and dropout_p == 0.0
+    return (q.device.type == "cpu" and pattern.kind in ("chunked", "window") and dropout_p == 0.0
             and not torch.compiler.is_exporting())
 
 
@@ -125,6 +125,8 @@ def blocked_attention(
         k, v = k.masked_fill(padded, 0.0), v.masked_fill(padded, 0.0)
 
     if _merges_on_cpu(q, pattern, dropout_p):
+        if pattern.kind == "window":
+            return _WindowFlashCPU.apply(q, k, v, m, pattern.window, key_valid, scale)
         return _ChunkedFlashCPU.apply(q, k, v, m, pattern.chunk_size, key_valid, scale)
     return _blocked_sdpa(q, k, v, pattern, attention_mask, key_valid, dropout_p, scale)
 
@@ -383,3 +385,147 @@ def _rows_mask(key_valid: torch.Tensor | None, start: int, stop: int, dtype: tor
         return None
     valid = key_valid[:, None, None, start:stop]
     return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, -math.inf)
+
+
+def _band_group(seq_valid: torch.Tensor | None, start: int, stop: int, window: int, seq_len: int,
+                dtype: torch.dtype, device: torch.device, cache: dict) -> tuple[slice, torch.Tensor, torch.Tensor]:
+    """Keys and additive mask of the sequence rows ``start:stop`` under a window of radius ``window``.
+
+    Returns the key slice ``lo:hi`` (sequence indices), the mask ``(B or 1, 1, g, K)`` (0 or -inf) and the
+    rows with no allowed key ``(B or 1, 1, g)``. The band part depends only on the group's shape and its
+    offset from ``lo``, so it is built once per call (``cache``) for all the interior groups.
+    """
+    lo, hi = max(0, start - window), min(seq_len, stop + window)
+    key = (start - lo, stop - start, hi - lo)
+    if key not in cache:
+        offset, rows, keys = key
+        i = torch.arange(rows, device=device)[:, None] + offset
+        band = ((i - torch.arange(keys, device=device)[None, :]).abs() <= window)[None, None]  # (1, 1, g, K)
+        cache[key] = band, torch.zeros(band.shape, dtype=dtype, device=device).masked_fill_(~band, -math.inf)
+    band, mask = cache[key]
+    if seq_valid is None:
+        return slice(lo, hi), mask, ~band.any(dim=-1)
+    allowed = band & seq_valid[:, None, None, lo:hi]  # (B, 1, g, K)
+    return slice(lo, hi), mask.masked_fill(~allowed, -math.inf), ~allowed.any(dim=-1)
+
+
+def _finite_rows(x: torch.Tensor, needed: bool) -> torch.Tensor:
+    """``x`` with every row that holds a NaN or Inf set to zero (a copy); ``x`` itself when not ``needed``."""
+    if not needed:
+        return x
+    return x.masked_fill(~torch.isfinite(x).all(dim=-1, keepdim=True), 0.0)
+
+
+def _any_poisoned(poison: torch.Tensor) -> bool:
+    """Whether a row sees a non-finite input; assumed True while compiling (no data-dependent branch)."""
+    return torch.compiler.is_compiling() or bool(poison.any())
+
+
+class _WindowFlashCPU(torch.autograd.Function):
+    """Window GMAT attention on CPU without dropout: the flash kernel over groups of rows and their band.
+
+    Sequence rows ``a:b`` attend to the keys ``a-w : b+w`` (views) under a band mask, and to the M memory
+    keys in a second call, merged through the log-sum-exp as in ``_ChunkedFlashCPU``; the memory rows attend
+    to all keys. Only the output, its log-sum-exp and the three gradients have size L.
+
+    Non-finite inputs: the kernel adds the mask (-inf) to the scores, and NaN - inf is NaN, so a NaN key
+    would reach every row of its group. Each group's rows are therefore read with non-finite rows zeroed,
+    and the rows the band lets see a non-finite value (``_band_poison``) are set to NaN and pass no gradient.
+
+    Args of ``apply``: q, k, v ``(B, H, M+L, D)`` (k, v zeroed at padded keys), ``num_memory``, ``window``,
+    ``key_valid`` ``(B, M+L)`` bool or None, ``scale`` or None. Returns ``(B, H, M+L, D)``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, num_memory, window, key_valid, scale):
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        m = num_memory
+        bsz, heads, n, dim = q.shape
+        seq_len = n - m
+        rows_per_group = max(1, _GROUP_ELEMENTS // (bsz * heads * dim))
+        band_rows = min(rows_per_group, window_block_size(window))  # g rows see g + 2w keys: keep g ~ w
+        seq_valid = None if key_valid is None else key_valid[:, m:]
+        poison = _band_poison(q[:, :, m:], k, v, m, window)  # (B, H, L, 1)
+
+        out = torch.empty_like(q)  # (B, H, M+L, D)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # the kernel's log-sum-exp dtype
+        lse = q.new_empty(bsz, heads, seq_len, dtype=acc)  # (B, H, L)
+        lse_rows = None
+        if m > 0:
+            out_rows, lse_rows = flash(q[:, :, :m], k, v, attn_mask=_rows_mask(key_valid, 0, n, q.dtype),
+                                       scale=scale)  # (B, H, M, D), (B, H, M)
+            out[:, :, :m] = out_rows
+        bad = _any_poisoned(poison)
+        k_mem, v_mem = _finite_rows(k[:, :, :m], bad), _finite_rows(v[:, :, :m], bad)
+        cache: dict = {}
+        for start in range(0, seq_len, band_rows):
+            stop = min(seq_len, start + band_rows)
+            keys, mask, dead = _band_group(seq_valid, start, stop, window, seq_len, q.dtype, q.device, cache)
+            q_g = _finite_rows(q[:, :, m + start:m + stop], bad)  # (B, H, g, D)
+            k_g, v_g = (_finite_rows(x[:, :, m + keys.start:m + keys.stop], bad) for x in (k, v))  # (B, H, K, D)
+            out_g, lse_g = out[:, :, m + start:m + stop], lse[:, :, start:stop]
+            o_band, lse_band = flash(q_g, k_g, v_g, attn_mask=mask, scale=scale)  # (B,H,g,D), (B,H,g)
+            out_g.copy_(o_band)
+            if m == 0:  # the band is the whole softmax (a row with no key outputs 0, lse 0)
+                lse_g.copy_(lse_band)
+                continue
+            lse_band = lse_band.masked_fill(dead, -math.inf)  # the kernel reports lse = 0 for a row with no key
+            o_mem, lse_mem = flash(q_g, k_mem, v_mem, scale=scale)
+            lse_g.copy_(torch.logaddexp(lse_band, lse_mem))
+            out_g.mul_((lse_band - lse_g).exp_().unsqueeze(-1))
+            out_g.addcmul_(o_mem, (lse_mem - lse_g).exp_().unsqueeze(-1))
+        if bad:
+            out[:, :, m:].masked_fill_(poison, math.nan)
+
+        ctx.save_for_backward(q, k, v, out, lse, lse_rows, key_valid, poison)
+        ctx.shape = (m, window, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        q, k, v, out, lse, lse_rows, key_valid, poison = ctx.saved_tensors
+        m, window, scale = ctx.shape
+        bsz, heads, n, dim = q.shape
+        seq_len = n - m
+        rows_per_group = max(1, _GROUP_ELEMENTS // (bsz * heads * dim))
+        band_rows = min(rows_per_group, window_block_size(window))
+        seq_valid = None if key_valid is None else key_valid[:, m:]
+
+        dq = torch.empty_like(q)  # (B, H, M+L, D)
+        dk, dv = (torch.empty_like(k), torch.empty_like(v)) if m > 0 else (torch.zeros_like(k), torch.zeros_like(v))
+        if m > 0:  # memory queries over all keys, a group of keys at a time; the first write of dk and dv
+            g_rows, q_rows, out_rows = grad_out[:, :, :m], q[:, :, :m], out[:, :, :m]
+            for start in range(0, n, rows_per_group):
+                keys = slice(start, min(n, start + rows_per_group))
+                dq_rows, dk[:, :, keys], dv[:, :, keys] = flash_bwd(
+                    g_rows, q_rows, k[:, :, keys], v[:, :, keys], out_rows, lse_rows, 0.0, False,
+                    attn_mask=_rows_mask(key_valid, keys.start, keys.stop, q.dtype), scale=scale)
+                if start == 0:
+                    dq[:, :, :m] = dq_rows
+                else:
+                    dq[:, :, :m] += dq_rows
+        bad = _any_poisoned(poison)
+        k_mem, v_mem = _finite_rows(k[:, :, :m], bad), _finite_rows(v[:, :, :m], bad)
+        cache: dict = {}
+        for start in range(0, seq_len, band_rows):
+            stop = min(seq_len, start + band_rows)
+            rows = slice(m + start, m + stop)
+            keys, mask, _ = _band_group(seq_valid, start, stop, window, seq_len, q.dtype, q.device, cache)
+            keys = slice(m + keys.start, m + keys.stop)
+            g_g, o_g = grad_out[:, :, rows], out[:, :, rows]
+            if bad:  # poisoned rows output NaN and pass no gradient
+                hit = poison[:, :, start:stop]  # (B, H, g, 1)
+                g_g, o_g = g_g.masked_fill(hit, 0.0), o_g.masked_fill(hit, 0.0)
+            q_g, k_g, v_g = (_finite_rows(x[:, :, sl], bad) for x, sl in ((q, rows), (k, keys), (v, keys)))
+            lse_g = lse[:, :, start:stop]
+            dq_g, dk_g, dv_g = flash_bwd(g_g, q_g, k_g, v_g, o_g, lse_g, 0.0, False, attn_mask=mask, scale=scale)
+            dq[:, :, rows] = dq_g
+            dk[:, :, keys] += dk_g
+            dv[:, :, keys] += dv_g
+            if m > 0:  # the same queries over the memory keys
+                dq_mem, dk_mem, dv_mem = flash_bwd(g_g, q_g, k_mem, v_mem, o_g, lse_g, 0.0, False, scale=scale)
+                dq[:, :, rows] += dq_mem
+                dk[:, :, :m] += dk_mem
+                dv[:, :, :m] += dv_mem
+        return dq, dk, dv, None, None, None, None
