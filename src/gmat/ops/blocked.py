@@ -16,10 +16,11 @@ internally; padded keys are masked out and padded query rows are dropped. A chun
 whole sequence (``AttentionPattern.for_length``) is computed as the dense pattern, so its cost is bounded by
 the sequence's, never by C or w.
 
-On CPU, chunks without dropout (any M) take a second, exact route that copies nothing of size L
-(``_ChunkedFlashCPU``): the sequence queries attend their chunk and the memory keys in two calls of
-PyTorch's CPU flash kernel, over views of q/k/v (no per-block copy of the memory keys), and the two partial
-results are merged through their log-sum-exp, as flash-attention merges key blocks::
+On CPU without dropout (any M), chunks and windows take a second, exact route that copies nothing of size
+L (``_ChunkedFlashCPU``, ``_WindowFlashCPU``): the sequence queries attend their chunk (or band) and the
+memory keys in two calls of PyTorch's CPU flash kernel, over views of q/k/v (no per-block copy of the
+memory keys), and the two partial results are merged through their log-sum-exp, as flash-attention merges
+key blocks::
 
     lse = logaddexp(lse_chunk, lse_mem)
     out = out_chunk · exp(lse_chunk - lse) + out_mem · exp(lse_mem - lse)
@@ -27,8 +28,13 @@ results are merged through their log-sum-exp, as flash-attention merges key bloc
 The backward calls the kernel's backward on each key set with the merged output and log-sum-exp: then
 exp(s - lse) is each key's probability in the full softmax and rowsum(dO·O) is the full one, so the per-set
 gradients are the exact gradients of the merged attention and just add up. Both passes walk the sequence a
-group of chunks at a time and write into the one output (or gradient) buffer, so the only buffers of size L
+group of rows at a time and write into the one output (or gradient) buffer, so the only buffers of size L
 are the output, its log-sum-exp and the three gradients: less than dense SDPA holds.
+
+Non-finite inputs: SDPA masks by adding -inf, and NaN - inf is NaN, so under a band mask a NaN key would
+reach every query of its block. The window routes therefore zero non-finite rows before the kernel and set
+to NaN exactly the rows the band lets see one (``_band_poison``), as the reference does; chunks and the dense
+pattern need nothing, since every key of a chunk is allowed to every query of it.
 """
 
 from __future__ import annotations
