@@ -163,8 +163,8 @@ def gmat_attention(
     sequence keys ``j ∈ N(i)`` of the pattern. One joint softmax over all allowed keys, in fp32. A row with
     no allowed key (possible only with M = 0 and padding) returns zeros. Padded positions take no part: their
     query rows return zeros and pass no gradient, their keys and values are never read, so a NaN or Inf there
-    reaches nothing; a non-finite value at a real position reaches only rows the pattern lets see it.
-    Example (M=1, chunked C=2, L=4)::
+    reaches nothing. A non-finite value at a real position reaches only the rows the pattern lets see it
+    (``reference`` and ``blocked``, checked in ``tests/reliability``). Example (M=1, chunked C=2, L=4)::
 
             m | s s s s
         m   1 | 1 1 1 1
