@@ -24,6 +24,8 @@ Engines, fp32:
 Usage::
 
     OMP_NUM_THREADS=2 python scripts/cpu_memory_compare.py --lengths 4096 16384 --out cpu-memory.json
+
+``--num-memory 0`` measures the GMAT engines without memory slots (M = 0).
 """
 
 from __future__ import annotations
@@ -65,14 +67,14 @@ def _libc() -> ctypes.CDLL | None:
     return None
 
 
-def _op_step(engine: str, length: int) -> Callable[[], None]:
+def _op_step(engine: str, length: int, num_memory: int) -> Callable[[], None]:
     import torch
     import torch.nn.functional as F
 
     from gmat.ops import AttentionPattern, gmat_attention
 
     g = torch.Generator().manual_seed(0)
-    shape = (1, HEADS, NUM_MEMORY + length, HEAD_DIM)
+    shape = (1, HEADS, num_memory + length, HEAD_DIM)
     q, k, v = (torch.randn(shape, generator=g).requires_grad_() for _ in range(3))
     grad = torch.randn(shape, generator=g)
     if engine == "dense_sdpa":
@@ -80,7 +82,7 @@ def _op_step(engine: str, length: int) -> Callable[[], None]:
     else:
         kind = engine.removeprefix("blocked_")
         size = {"chunk_size": CHUNK} if kind == "chunked" else {"window": WINDOW}
-        pattern = AttentionPattern(NUM_MEMORY, kind, **size)
+        pattern = AttentionPattern(num_memory, kind, **size)
         attend = lambda: gmat_attention(q, k, v, pattern, backend="blocked")  # noqa: E731
 
     def step() -> None:
@@ -91,7 +93,7 @@ def _op_step(engine: str, length: int) -> Callable[[], None]:
     return step
 
 
-def _model_step(engine: str, length: int) -> Callable[[], None]:
+def _model_step(engine: str, length: int, num_memory: int) -> Callable[[], None]:
     import torch
 
     torch.manual_seed(0)
@@ -105,7 +107,7 @@ def _model_step(engine: str, length: int) -> Callable[[], None]:
 
         kind = engine.removeprefix("gmat_")
         size = {"chunk_size": CHUNK} if kind == "chunked" else {"attention_window": WINDOW}
-        config = GmatConfig(**MODEL_SIZE, max_position_embeddings=length, num_memory_tokens=NUM_MEMORY,
+        config = GmatConfig(**MODEL_SIZE, max_position_embeddings=length, num_memory_tokens=num_memory,
                             attention_pattern=kind, attn_backend="blocked", **size)
         model = GmatModel(config, add_pooling_layer=False)
     model.train()
@@ -119,7 +121,7 @@ def _model_step(engine: str, length: int) -> Callable[[], None]:
     return step
 
 
-def child(level: str, engine: str, length: int) -> dict:
+def child(level: str, engine: str, length: int, num_memory: int = NUM_MEMORY) -> dict:
     """Build, warm up, then measure one step; returns the row."""
     libc = _libc()
     if libc is not None and hasattr(libc, "mallopt"):
@@ -128,7 +130,7 @@ def child(level: str, engine: str, length: int) -> dict:
         libc.mallopt(m_trim_threshold, 128 * 1024)
     import torch
 
-    step = (_op_step if level == "op" else _model_step)(engine, length)
+    step = (_op_step if level == "op" else _model_step)(engine, length, num_memory)
     step()  # warm-up: lazy initialisations, thread pools
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
@@ -143,7 +145,8 @@ def child(level: str, engine: str, length: int) -> dict:
     # clear_refs reset the high-water mark, so the process's life-long peak is the larger of the two phases
     return {"level": level, "engine": engine, "length": length, "step_mib": (after_peak - before) / 1024,
             "process_mib": max(warm_peak, after_peak) / 1024,
-            "rss_before_step_mib": before / 1024, "step_s": seconds, "torch": torch.__version__,
+            "num_memory": num_memory, "rss_before_step_mib": before / 1024, "step_s": seconds,
+            "torch": torch.__version__,
             "threads": torch.get_num_threads()}
 
 
@@ -155,9 +158,10 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _run_child(level: str, engine: str, length: int) -> dict:
+def _run_child(level: str, engine: str, length: int, num_memory: int) -> dict:
     """One point in a fresh process."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", level, engine, str(length)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", level, engine, str(length),
+           "--num-memory", str(num_memory)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode:
         return {"level": level, "engine": engine, "length": length, "error": f"exit {proc.returncode}"}
@@ -170,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
     p.add_argument("--levels", nargs="+", default=["op", "model"], choices=["op", "model"])
     p.add_argument("--engines", nargs="+", default=None, help="only these engines (default: all of each level)")
+    p.add_argument("--num-memory", type=int, default=NUM_MEMORY, help="M of the GMAT engines (default 64)")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     p.add_argument("--child", nargs=3, metavar=("LEVEL", "ENGINE", "L"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         level, engine, length = args.child
-        print(json.dumps(child(level, engine, int(length))))
+        print(json.dumps(child(level, engine, int(length), args.num_memory)))
         return 0
     rows = []
     for level in args.levels:
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             for engine in OP_ENGINES if level == "op" else MODEL_ENGINES:
                 if args.engines and engine not in args.engines:
                     continue
-                row = _run_child(level, engine, length)
+                row = _run_child(level, engine, length, args.num_memory)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     print(f"CPU: {_cpu_model()}, {os.cpu_count()} cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
