@@ -242,8 +242,15 @@ def check_case(backend: str, case: tuple, device: str, dtype_name: str = "float3
             real = torch.cat([torch.ones(b, m, dtype=torch.bool, device=device), mask], dim=1)[:, None, :, None]
             k, v = (x.masked_fill(~real, float("nan")) for x in (k, v))
     if backend == "triton":
-        # fp32 is outside the dispatcher's declared dtypes for triton; the kernels run it (TF32 dots on CUDA).
-        from gmat.ops.triton_kernels import triton_attention as fn
+        # fp32 is outside the dispatcher's declared dtypes for triton; the kernels run it (TF32 dots on CUDA),
+        # under gmat_attention's rule for padded query rows (zero in, zero out), which the reference follows too.
+        from gmat.ops.triton_kernels import triton_attention
+
+        def fn(q: Any, k: Any, v: Any, pattern: Any, mask: Any) -> torch.Tensor:
+            if mask is None:
+                return triton_attention(q, k, v, pattern, mask)
+            padded = ~pattern.key_valid(mask)[:, None, :, None]
+            return triton_attention(q.masked_fill(padded, 0.0), k, v, pattern, mask).masked_fill(padded, 0.0)
     else:
         def fn(*a: Any) -> torch.Tensor:
             return gmat_attention(*a, backend=backend)

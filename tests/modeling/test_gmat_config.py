@@ -85,3 +85,23 @@ def test_one_pattern_rule_names_the_callers_keys_and_fills_the_default_size() ->
         AttentionPattern(num_memory=0, kind="window")
     settings = ModelSettings(num_memory_tokens=4, attention_pattern="chunked", chunk_size=64)
     assert GmatConfig(**settings.pattern().config_fields()).build_pattern() == settings.pattern()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"attention_pattern": "chunked", "chunk_size": 4097, "max_position_embeddings": 4096}, "chunk_size"),
+        ({"attention_pattern": "window", "attention_window": 64, "max_position_embeddings": 64}, "attention_window"),
+    ],
+)
+def test_a_chunk_or_window_wider_than_any_input_warns_once(kwargs: dict, field: str) -> None:
+    with pytest.warns(UserWarning, match=rf"GmatConfig\.{field}=\d+ covers max_position_embeddings") as caught:
+        GmatConfig(**kwargs)
+        GmatConfig(**kwargs)  # the same values again: no second warning
+    assert len([w for w in caught if field in str(w.message)]) == 1
+
+
+def test_a_chunk_that_fits_does_not_warn(recwarn) -> None:
+    GmatConfig(attention_pattern="chunked", chunk_size=512, max_position_embeddings=512)
+    GmatConfig(attention_pattern="window", attention_window=511, max_position_embeddings=512)
+    assert not [w for w in recwarn if "covers max_position_embeddings" in str(w.message)]

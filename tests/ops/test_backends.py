@@ -133,12 +133,63 @@ def test_blocked_sdpa_route_matches_reference(monkeypatch, shape, pattern, paddi
     test_forward_and_gradients_fp32("blocked", "cpu", torch.float32, shape, pattern, padding)
 
 
-def test_cpu_chunks_with_memory_take_the_merge_route(monkeypatch):
+def test_cpu_chunks_and_windows_take_the_flash_routes(monkeypatch):
     calls = []
-    merged = blocked._ChunkedMemoryFlashCPU.apply
-    monkeypatch.setattr(blocked._ChunkedMemoryFlashCPU, "apply", lambda *a: calls.append(1) or merged(*a))
+    for route in (blocked._ChunkedFlashCPU, blocked._WindowFlashCPU):
+        monkeypatch.setattr(route, "apply", lambda *a, f=route.apply, r=route: calls.append(r.__name__) or f(*a))
     q, k, v = inputs((1, 2, 40, 3, 16), "cpu", torch.float32, requires_grad=False)
     gmat_attention(q, k, v, make_pattern(3, "chunked", 16), backend="blocked")
     gmat_attention(q, k, v, make_pattern(3, "chunked", 16), backend="blocked", dropout_p=0.1)
     gmat_attention(q, k, v, make_pattern(3, "window", 4), backend="blocked")
-    assert calls == [1]
+    gmat_attention(q, k, v, make_pattern(3, "window", 4), backend="blocked", dropout_p=0.1)
+    gmat_attention(q, k, v, make_pattern(0, "window", 4), backend="blocked")
+    gmat_attention(q, k, v, make_pattern(3, "dense", None), backend="blocked")
+    assert calls == ["_ChunkedFlashCPU", "_WindowFlashCPU", "_WindowFlashCPU"]
+
+
+GROUP_CASES = [(shape, make_pattern(shape[3], kind, size)) for shape in SHAPES
+               for kind, size in (("chunked", 8), ("chunked", 32), ("window", 0), ("window", 3), ("window", 40))]
+
+
+@pytest.mark.parametrize(("shape", "pattern"), GROUP_CASES, ids=str)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_cpu_flash_route_in_small_groups_matches_reference(monkeypatch, shape, pattern, padding):
+    """The CPU flash routes walk rows and keys a group at a time at long L; force tiny groups here."""
+    monkeypatch.setattr(blocked, "_GROUP_ELEMENTS", 1)  # one chunk or row (and one memory-row key) per call
+    test_forward_and_gradients_fp32("blocked", "cpu", torch.float32, shape, pattern, padding)
+
+
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest tensor any aten op returns while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("sdpa_route", [False, True])
+@pytest.mark.parametrize("pattern", [make_pattern(3, "chunked", 10**5), make_pattern(3, "chunked", 10**6),
+                                     make_pattern(0, "chunked", 10**6), make_pattern(3, "window", 10**5),
+                                     make_pattern(0, "window", 10**5)], ids=str)
+def test_chunk_or_window_wider_than_the_sequence_costs_what_the_sequence_costs(monkeypatch, pattern, sdpa_route):
+    """L = 10 with C or w up to 1e6: no tensor larger than the sequence needs, and the reference's result."""
+    if sdpa_route:
+        monkeypatch.setattr(blocked, "_merges_on_cpu", lambda *args: False)
+    shape = (2, 2, 10, pattern.num_memory, 8)
+    q, k, v = inputs(shape, "cpu", torch.float32, requires_grad=True)
+    mask = make_mask("random", 2, 10, "cpu")
+    grad_out = torch.randn_like(q)
+    with _LargestTensor() as largest:
+        got = run("blocked", q, k, v, pattern, mask, grad_out)
+    n = pattern.num_memory + 10
+    assert largest.numel <= 2 * 2 * max(n, 64) * max(n, 64) * 8, largest.numel  # O((M+L)^2), not O(C) or O(w)
+    want = run("reference", q, k, v, pattern, mask, grad_out)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), (got[0], *got[1]), (want[0], *want[1])):
+        assert_close_to_oracle(a, b, None, "blocked", what=name)

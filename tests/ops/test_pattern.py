@@ -92,3 +92,31 @@ def test_mask_combinators():
     diag = lambda a, b: a == b  # noqa: E731
     assert torch.equal(or_masks(lower, diag)(i, j), i >= j)
     assert torch.equal(and_masks(lower, diag)(i, j), i == j)
+
+
+def test_key_valid_puts_real_memory_slots_before_the_mask():
+    mask = torch.tensor([[1, 0, 1], [0, 0, 0]])  # ints, as tokenizers return them
+    got = AttentionPattern(2, "dense").key_valid(mask)
+    assert got.dtype == torch.bool
+    assert got.tolist() == [[True, True, True, False, True], [True, True, False, False, False]]
+    assert AttentionPattern(0, "dense").key_valid(mask.bool()).tolist() == mask.bool().tolist()
+    assert AttentionPattern(2, "dense").key_valid(None) is None
+
+
+@pytest.mark.parametrize(
+    ("pattern", "seq_len", "dense"),
+    [
+        (AttentionPattern(1, "chunked", chunk_size=4), 5, False),
+        (AttentionPattern(1, "chunked", chunk_size=5), 5, True),
+        (AttentionPattern(1, "chunked", chunk_size=10**6), 5, True),
+        (AttentionPattern(0, "window", window=3), 5, False),
+        (AttentionPattern(0, "window", window=4), 5, True),
+        (AttentionPattern(0, "window", window=0), 1, True),
+        (AttentionPattern(2, "dense"), 3, True),
+    ],
+)
+def test_for_length_is_dense_exactly_when_the_pattern_covers_the_sequence(pattern, seq_len, dense):
+    got = pattern.for_length(seq_len)
+    assert (got.kind == "dense") == dense
+    assert got.num_memory == pattern.num_memory
+    assert torch.equal(got.to_dense(seq_len), pattern.to_dense(seq_len))  # the same pairs, always

@@ -20,6 +20,8 @@ def loop_attention(q, k, v, num_memory, kind, size, attention_mask):
             bool(attention_mask[b, j]) if attention_mask is not None else True for j in range(seq_len)
         ]
         for t in range(n):
+            if not valid[t]:  # a padded query row outputs zeros
+                continue
             keys = []
             for s in range(n):
                 if not valid[s]:

@@ -140,11 +140,22 @@ def _run(fn, q, k, v, do, dtype, pattern, mask):  # noqa: ANN001, ANN202
     return [out] + list(grads)
 
 
+def _as_op(fn):  # noqa: ANN001, ANN202
+    """``fn`` under ``gmat_attention``'s rule for padded query rows: zero in, zero out, no gradient."""
+    def run(q, k, v, pattern, mask):  # noqa: ANN001, ANN202
+        if mask is None:
+            return fn(q, k, v, pattern, mask)
+        padded = ~pattern.key_valid(mask)[:, None, :, None]
+        return fn(q.masked_fill(padded, 0.0), k, v, pattern, mask).masked_fill(padded, 0.0)
+
+    return run
+
+
 def _check(case: tuple, device: str) -> None:
     """Forward and dQ, dK, dV against the fp64 reference (flash-attention rule in bf16/fp16)."""
     _, _, _, _, pat, _, dt, cfg = case
     q, k, v, do, mask = _inputs(case, device)
-    got = _run(lambda *a: tk.triton_attention(*a, config=cfg), q, k, v, do, dt, pat, mask)
+    got = _run(_as_op(lambda *a: tk.triton_attention(*a, config=cfg)), q, k, v, do, dt, pat, mask)
     truth = _run(reference_attention, q, k, v, do, torch.float64, pat, mask)
     names = ("out", "dq", "dk", "dv")
     if dt == torch.float32:
@@ -205,7 +216,7 @@ def test_nan_in_padded_keys_and_values_does_not_leak(pattern: AttentionPattern) 
     mask[1, :5] = False
     key_real = torch.cat([torch.ones(b, pattern.num_memory, dtype=torch.bool), mask], dim=1)[:, None, :, None]
     k, v = (x.masked_fill(~key_real, float("nan")) for x in (k, v))
-    got = _run(lambda *a: tk.triton_attention(*a, config=CFG_16), q, k, v, do, torch.float32, pattern, mask)
+    got = _run(_as_op(lambda *a: tk.triton_attention(*a, config=CFG_16)), q, k, v, do, torch.float32, pattern, mask)
     truth = _run(reference_attention, q, k, v, do, torch.float64, pattern, mask)
     atol, rtol = FP32_DEFAULT
     for name, g, r in zip(("out", "dq", "dk", "dv"), got, truth):

@@ -18,6 +18,7 @@ value.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
@@ -25,6 +26,22 @@ from transformers import PretrainedConfig
 from gmat.ops import AttentionPattern, list_backends
 
 __all__ = ["GmatConfig"]
+
+
+_WARNED: set[tuple[str, int, int]] = set()  # (field, value, max_position_embeddings) already warned about
+
+
+def _warn_once_wider_than_input(name: str, value: int, max_len: int) -> None:
+    """Warn (once per process and value) that ``name`` covers every input the model accepts."""
+    if (name, value, max_len) in _WARNED:
+        return
+    _WARNED.add((name, value, max_len))
+    warnings.warn(
+        f"GmatConfig.{name}={value} covers max_position_embeddings={max_len}: every input fits in one "
+        f"{'chunk' if name == 'chunk_size' else 'window'}, so attention is dense over the sequence",
+        UserWarning,
+        stacklevel=5,  # the line that builds the config (through transformers' dataclass init)
+    )
 
 
 def _require_int(name: str, value: object, minimum: int) -> None:
@@ -135,6 +152,10 @@ class GmatConfig(PretrainedConfig):
             _require_prob(name, getattr(self, name))
         if self.classifier_dropout is not None:
             _require_prob("classifier_dropout", self.classifier_dropout)
+        if self.attention_pattern == "chunked" and self.chunk_size > self.max_position_embeddings:
+            _warn_once_wider_than_input("chunk_size", self.chunk_size, self.max_position_embeddings)
+        if self.attention_pattern == "window" and self.attention_window >= self.max_position_embeddings:
+            _warn_once_wider_than_input("attention_window", self.attention_window, self.max_position_embeddings)
         if not isinstance(self.sparse_prediction, bool):
             raise ValueError(f"GmatConfig.sparse_prediction must be a bool, got {self.sparse_prediction!r}")
         backends = ["auto", *list_backends()]

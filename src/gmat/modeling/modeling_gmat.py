@@ -484,6 +484,8 @@ class GmatModel(GmatPreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(seq_len, device=input_ids.device)[None]  # (1, L)
         mask = None if attention_mask is None else attention_mask.to(torch.bool)  # (B, L), True = real
+        if mask is not None and not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and bool(mask.all()):
+            mask = None  # nothing is padded: the same outputs without the per-layer masking copies
 
         hidden = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, M+L, d)
         hidden, all_hidden = self.encoder(hidden, mask, output_hidden_states=bool(output_hidden_states))

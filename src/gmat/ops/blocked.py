@@ -12,24 +12,33 @@ Chunk example (M=1, C=2, L=4), the two blocks and their keys::
     block 1: queries s2 s3   keys [m | s2 s3]
 
 Memory cost: O(L·(C+M)) for chunks, O(L·(3w+M)) for a window. L is padded to a multiple of ``b``
-internally; padded keys are masked out and padded query rows are dropped.
+internally; padded keys are masked out and padded query rows are dropped. A chunk or window that covers the
+whole sequence (``AttentionPattern.for_length``) is computed as the dense pattern, so its cost is bounded by
+the sequence's, never by C or w.
 
-On CPU, chunks with memory (M > 0) and no dropout take a second, exact route with fewer copies
-(``_ChunkedMemoryFlashCPU``): the sequence queries attend their chunk and the memory keys in two calls of
-PyTorch's CPU flash kernel, over views of q/k/v (no per-block copy of the memory keys), and the two partial
-results are merged through their log-sum-exp, as flash-attention merges key blocks::
+On CPU without dropout (any M), chunks and windows take a second, exact route that copies nothing of size
+L (``_ChunkedFlashCPU``, ``_WindowFlashCPU``): the sequence queries attend their chunk (or band) and the
+memory keys in two calls of PyTorch's CPU flash kernel, over views of q/k/v (no per-block copy of the
+memory keys), and the two partial results are merged through their log-sum-exp, as flash-attention merges
+key blocks::
 
     lse = logaddexp(lse_chunk, lse_mem)
     out = out_chunk · exp(lse_chunk - lse) + out_mem · exp(lse_mem - lse)
 
 The backward calls the kernel's backward on each key set with the merged output and log-sum-exp: then
 exp(s - lse) is each key's probability in the full softmax and rowsum(dO·O) is the full one, so the per-set
-gradients are the exact gradients of the merged attention and just add up.
+gradients are the exact gradients of the merged attention and just add up. Both passes walk the sequence a
+group of rows at a time and write into the one output (or gradient) buffer, so the only buffers of size L
+are the output, its log-sum-exp and the three gradients: less than dense SDPA holds.
+
+Non-finite inputs: SDPA masks by adding -inf, and NaN - inf is NaN, so under a band mask a NaN key would
+reach every query of its block. The window routes therefore zero non-finite rows before the kernel and set
+to NaN exactly the rows the band lets see one (``_band_poison``), as the reference does; chunks and the dense
+pattern need nothing, since every key of a chunk is allowed to every query of it.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -79,14 +88,14 @@ def _with_nonempty_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _merges_on_cpu(q: torch.Tensor, pattern: AttentionPattern, dropout_p: float) -> bool:
-    """Whether the log-sum-exp route (``_ChunkedMemoryFlashCPU``) applies: CPU, chunks, M > 0, no dropout.
+    """Whether a flash-kernel route (``_ChunkedFlashCPU``, ``_WindowFlashCPU``) applies: CPU, no dropout.
 
     Not under ``torch.export`` (hence ONNX export): ONNX Runtime rejects this route's exported graph (a
     Reshape of the kernel's log-sum-exp receives another shape), so exported graphs take the batched-SDPA
     route, which computes the same attention.
     """
-    return (q.device.type == "cpu" and pattern.kind == "chunked" and pattern.num_memory > 0
-            and dropout_p == 0.0 and not torch.compiler.is_exporting())
+    return (q.device.type == "cpu" and pattern.kind in ("chunked", "window") and dropout_p == 0.0
+            and not torch.compiler.is_exporting())
 
 
 def blocked_attention(
@@ -110,19 +119,21 @@ def blocked_attention(
     Returns:
         ``(B, H, M+L, D)``; rows with no allowed key are zero.
     """
-    bsz = q.shape[0]
     m = pattern.num_memory
+    seq_len = q.shape[2] - m
+    if isinstance(seq_len, int):  # a chunk or window wider than the sequence is the dense pattern
+        pattern = pattern.for_length(seq_len)
 
-    # Key validity over [mem ; seq]; None when nothing is padded.
-    key_valid = None
-    if attention_mask is not None:
-        key_valid = torch.cat([attention_mask.new_ones(bsz, m), attention_mask], dim=1)  # (B, M+L)
+    key_valid = pattern.key_valid(attention_mask)  # (B, M+L) or None when nothing is padded
+    if key_valid is not None:
         # Zero padded keys/values: masked scores never see them, and 0·NaN in P@V cannot leak garbage.
-        k = k.masked_fill(~key_valid[:, None, :, None], 0.0)
-        v = v.masked_fill(~key_valid[:, None, :, None], 0.0)
+        padded = ~key_valid[:, None, :, None]
+        k, v = k.masked_fill(padded, 0.0), v.masked_fill(padded, 0.0)
 
     if _merges_on_cpu(q, pattern, dropout_p):
-        return _ChunkedMemoryFlashCPU.apply(q, k, v, m, pattern.chunk_size, key_valid, scale)
+        if pattern.kind == "window":
+            return _WindowFlashCPU.apply(q, k, v, m, pattern.window, key_valid, scale)
+        return _ChunkedFlashCPU.apply(q, k, v, m, pattern.chunk_size, key_valid, scale)
     return _blocked_sdpa(q, k, v, pattern, attention_mask, key_valid, dropout_p, scale)
 
 
@@ -181,8 +192,18 @@ def _blocked_sdpa(
     queries = _pad_rows(q_seq, 0, padded_len - seq_len).view(bsz, heads, n_blocks, block, dim)
     queries = queries.transpose(1, 2).reshape(bsz * n_blocks, heads, block, dim)  # (B·nB, H, b, D)
 
-    # ---- mask per block: (B·nB, 1, b or 1, M+K) ----------------------------------------------------------
     banded = pattern.kind == "window"
+    poison = None
+    if banded:
+        # SDPA masks by adding -inf, and NaN - inf is NaN: a non-finite key would reach every query of its
+        # block, not just its band. Zero non-finite rows in the block copies and mark, instead, the rows the
+        # band lets see one (the reference's NaN rows); they are set to NaN below and pass no gradient.
+        poison = _band_poison(q_seq, k, v, m, halo)  # (B, H, L, 1)
+        for x in (keys, values):  # fresh copies (cat): in place, and the mask autograd keeps is per row
+            x.masked_fill_(~torch.isfinite(x).all(dim=-1, keepdim=True), 0.0)
+        queries = queries.masked_fill(~torch.isfinite(queries).all(dim=-1, keepdim=True), 0.0)
+
+    # ---- mask per block: (B·nB, 1, b or 1, M+K) ----------------------------------------------------------
     needs_mask = banded or not _known_zero(padded_len - seq_len) or attention_mask is not None
     mask = row_any = None
     if needs_mask:
@@ -206,6 +227,8 @@ def _blocked_sdpa(
     if row_any is not None:
         out = out * row_any.view(bsz, n_blocks, 1, row_any.shape[2], 1)
     out_seq = out.transpose(1, 2).reshape(bsz, heads, padded_len, dim)[:, :, :seq_len]  # (B, H, L, D)
+    if poison is not None:
+        out_seq = out_seq.masked_fill(poison, math.nan)
     if m == 0:
         return out_seq
 
@@ -214,34 +237,64 @@ def _blocked_sdpa(
     return torch.cat([out_mem, out_seq], dim=2)
 
 
-def _chunk_key_mask(key_valid: torch.Tensor | None, bsz: int, heads: int, n_blocks: int, chunk: int,
-                    seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Additive mask of the chunk keys, ``(B·H, nB, 1, C)``, and the fully masked chunks, ``(B, 1, nB, 1)``.
+def _band_poison(q_seq: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: int, window: int) -> torch.Tensor:
+    """Sequence rows that see a non-finite input under the window pattern, ``(B, H, L, 1)`` bool.
 
-    Both are None when every key is real and L is a multiple of C.
+    Row i sees a non-finite value when its own query has one, or a key or value it attends does: one of
+    the M memory rows, or a sequence row j with ``|i - j| <= w``. ``k`` and ``v`` are zero at padded keys.
     """
-    pad = n_blocks * chunk - seq_len
-    if key_valid is None and _known_zero(pad):
+    seq_len = q_seq.shape[2]
+    bad = ~(torch.isfinite(k).all(dim=-1) & torch.isfinite(v).all(dim=-1))  # (B, H, M+L)
+    bad_mem, bad_seq = bad.split([m, seq_len], dim=-1)
+    before = F.pad(bad_seq.to(torch.int32).cumsum(dim=-1), (1, 0))  # (B, H, L+1): bad keys before j
+    i = torch.arange(seq_len, device=q_seq.device)
+    near = before[..., (i + window + 1).clamp(max=seq_len)] > before[..., (i - window).clamp(min=0)]  # (B, H, L)
+    bad_query = ~torch.isfinite(q_seq).all(dim=-1)
+    return (near | bad_query | bad_mem.any(dim=-1, keepdim=True)).unsqueeze(-1)
+
+
+_GROUP_ELEMENTS = 1 << 18  # rows per kernel call on the CPU route: B·H·rows·D <= 256K elements (1 MiB fp32)
+
+
+def _row_groups(seq_len: int, chunk: int, rows_per_group: int) -> list[tuple[int, int, int]]:
+    """Cut L sequence rows into ``(start, n_chunks, chunk_len)`` groups of whole chunks.
+
+    Full chunks are grouped ``max(1, rows_per_group // C)`` at a time; a last partial chunk of ``L mod C``
+    rows is its own group with ``chunk_len = L mod C`` (a shorter chunk, so nothing is padded).
+    """
+    full, rest = divmod(seq_len, chunk)
+    per = max(1, rows_per_group // chunk)
+    groups = [(i * chunk, min(per, full - i), chunk) for i in range(0, full, per)]
+    if rest:
+        groups.append((full * chunk, 1, rest))
+    return groups
+
+
+def _group_key_mask(seq_valid: torch.Tensor | None, start: int, n_chunks: int, chunk: int, heads: int,
+                    dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Additive mask of a group's chunk keys, ``(B·H, nc, 1, c)``, and its fully padded chunks, ``(B, 1, nc, 1)``.
+
+    Both are None without padding.
+    """
+    if seq_valid is None:
         return None, None
-    valid = key_valid if key_valid is not None else torch.ones(bsz, seq_len, dtype=torch.bool)
-    valid = F.pad(valid, (0, pad), value=False).view(bsz, 1, n_blocks, 1, chunk)  # (B, 1, nB, 1, C)
+    bsz = seq_valid.shape[0]
+    valid = seq_valid[:, start:start + n_chunks * chunk].reshape(bsz, 1, n_chunks, 1, chunk)  # (B, 1, nc, 1, c)
     mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, -math.inf)
-    mask = mask.expand(bsz, heads, n_blocks, 1, chunk).reshape(bsz * heads, n_blocks, 1, chunk)
-    return mask, ~valid.any(dim=-1)  # dead: (B, 1, nB, 1)
+    mask = mask.expand(bsz, heads, n_chunks, 1, chunk).reshape(bsz * heads, n_chunks, 1, chunk)
+    return mask, ~valid.any(dim=-1)
 
 
-def _as_chunks(x: torch.Tensor, n_blocks: int) -> torch.Tensor:
-    """``(B, H, nB·C, D)`` -> ``(B·H, nB, C, D)``, a view when the strides allow it."""
-    bsz, heads, length, dim = x.shape
-    return x.reshape(bsz * heads, n_blocks, length // n_blocks, dim)
+class _ChunkedFlashCPU(torch.autograd.Function):
+    """Chunked GMAT attention on CPU without dropout: PyTorch's CPU flash kernel over views, merged.
 
-
-class _ChunkedMemoryFlashCPU(torch.autograd.Function):
-    """Chunked GMAT attention with M > 0 on CPU, no dropout: three flash-kernel calls over views, merged.
-
-    * sequence queries over their chunk's keys: ``(B·H, nB, C, D)`` views, one batch entry per chunk;
-    * sequence queries over the M memory keys: ``(B, H, L, D)`` against ``(B, H, M, D)``;
+    * sequence queries over their chunk's keys: ``(B·H, nc, c, D)`` views, one batch entry per chunk;
+    * sequence queries over the M memory keys (M > 0), merged with the chunk part through the log-sum-exp;
     * memory queries over all M+L keys.
+
+    The sequence is walked in groups of whole chunks (``_row_groups``) and the memory rows' keys in groups of
+    the same size, each result written into the one output (or gradient) buffer: besides the output, the
+    log-sum-exp and the three gradients, nothing of size L is allocated, and nothing is padded.
 
     Args of ``apply``: q, k, v ``(B, H, M+L, D)`` (k, v zeroed at padded keys), ``num_memory``,
     ``chunk_size``, ``key_valid`` ``(B, M+L)`` bool or None, ``scale`` or None. Returns ``(B, H, M+L, D)``.
@@ -253,67 +306,232 @@ class _ChunkedMemoryFlashCPU(torch.autograd.Function):
         m = num_memory
         bsz, heads, n, dim = q.shape
         seq_len = n - m
-        n_blocks = (seq_len + chunk - 1) // chunk
-        padded_len = n_blocks * chunk
-        seq_mask = None if key_valid is None else key_valid[:, m:]
-        chunk_mask, dead = _chunk_key_mask(seq_mask, bsz, heads, n_blocks, chunk, seq_len, q.dtype)
-        rows_mask = None
-        if key_valid is not None:  # (B, 1, 1, M+L): memory queries skip padded keys
-            rows_mask = torch.zeros(bsz, 1, 1, n, dtype=q.dtype).masked_fill_(~key_valid[:, None, None], -math.inf)
+        rows_per_group = max(1, _GROUP_ELEMENTS // (bsz * heads * dim))
+        seq_valid = None if key_valid is None else key_valid[:, m:]
+        rows_mask = _rows_mask(key_valid, 0, n, q.dtype)
 
-        q_seq, k_seq, v_seq = (_pad_rows(x[:, :, m:], 0, padded_len - seq_len) for x in (q, k, v))  # (B,H,Lp,D)
+        out = torch.empty_like(q)  # (B, H, M+L, D)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # the kernel's log-sum-exp dtype
+        lse = q.new_empty(bsz, heads, seq_len, dtype=acc)  # (B, H, L), the sequence rows' log-sum-exp
+        lse_rows = None
+        if m > 0:
+            out_rows, lse_rows = flash(q[:, :, :m], k, v, attn_mask=rows_mask, scale=scale)  # (B,H,M,D), (B,H,M)
+            out[:, :, :m] = out_rows
+        for start, n_chunks, c in _row_groups(seq_len, chunk, rows_per_group):
+            rows = slice(m + start, m + start + n_chunks * c)
+            mask, dead = _group_key_mask(seq_valid, start, n_chunks, c, heads, q.dtype)
+            blocks = [x[:, :, rows].reshape(bsz * heads, n_chunks, c, dim) for x in (q, k, v)]
+            o_chunk, lse_chunk = flash(*blocks, attn_mask=mask, scale=scale)  # (B·H, nc, c, D), (B·H, nc, c)
+            out_g, lse_g = out[:, :, rows], lse[:, :, rows.start - m:rows.stop - m]  # (B,H,r,D), (B,H,r)
+            out_g.copy_(o_chunk.reshape(bsz, heads, n_chunks * c, dim))
+            lse_chunk = lse_chunk.reshape(bsz, heads, n_chunks, c)
+            if m == 0:  # no memory keys: the chunk is the whole softmax (a fully padded one outputs 0, lse 0)
+                lse_g.copy_(lse_chunk.reshape(bsz, heads, n_chunks * c))
+                continue
+            if dead is not None:  # the kernel reports lse = 0 for a row with no key; it has no mass
+                lse_chunk = lse_chunk.masked_fill(dead, -math.inf)
+            lse_chunk = lse_chunk.reshape(bsz, heads, n_chunks * c)
+            o_mem, lse_mem = flash(q[:, :, rows], k[:, :, :m], v[:, :, :m], scale=scale)  # (B,H,r,D), (B,H,r)
+            lse_g.copy_(torch.logaddexp(lse_chunk, lse_mem))  # finite: memory keys are always real
+            out_g.mul_((lse_chunk - lse_g).exp_().unsqueeze(-1))
+            out_g.addcmul_(o_mem, (lse_mem - lse_g).exp_().unsqueeze(-1))
 
-        blocks = functools.partial(_as_chunks, n_blocks=n_blocks)
-        out_chunk, lse_chunk = flash(blocks(q_seq), blocks(k_seq), blocks(v_seq), attn_mask=chunk_mask, scale=scale)
-        out_mem, lse_mem = flash(q_seq, k[:, :, :m], v[:, :, :m], scale=scale)  # (B,H,Lp,D), (B,H,Lp)
-        out_rows, lse_rows = flash(q[:, :, :m], k, v, attn_mask=rows_mask, scale=scale)  # (B,H,M,D), (B,H,M)
-
-        lse_chunk = lse_chunk.contiguous().view(bsz, heads, n_blocks, chunk)  # the kernel returns it (B, C, H) strided
-        if dead is not None:  # the kernel reports lse = 0 for a row with no key; it has no mass
-            lse_chunk = lse_chunk.masked_fill(dead, -math.inf)
-        lse_chunk = lse_chunk.view(bsz, heads, padded_len)
-        lse = torch.logaddexp(lse_chunk, lse_mem)  # (B, H, Lp), float32; finite: memory keys are always real
-
-        out = q.new_empty(bsz, heads, m + padded_len, dim)
-        out[:, :, :m] = out_rows
-        out_seq = out[:, :, m:]  # in place, no temporaries (dynamo refuses out= into a strided view)
-        out_seq.copy_(out_chunk.reshape(bsz, heads, padded_len, dim)).mul_((lse_chunk - lse).exp_().unsqueeze(-1))
-        out_seq.addcmul_(out_mem, (lse_mem - lse).exp_().unsqueeze(-1))
-
-        ctx.save_for_backward(q, k, v, out, lse, lse_rows, chunk_mask, rows_mask)
-        ctx.shape = (m, chunk, n_blocks, scale)
-        return out.narrow(2, 0, n)
+        ctx.save_for_backward(q, k, v, out, lse, lse_rows, key_valid)
+        ctx.shape = (m, chunk, scale)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
         flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-        q, k, v, out, lse, lse_rows, chunk_mask, rows_mask = ctx.saved_tensors
-        m, chunk, n_blocks, scale = ctx.shape
+        q, k, v, out, lse, lse_rows, key_valid = ctx.saved_tensors
+        m, chunk, scale = ctx.shape
         bsz, heads, n, dim = q.shape
-        seq_len, padded_len = n - m, n_blocks * chunk
+        seq_len = n - m
+        rows_per_group = max(1, _GROUP_ELEMENTS // (bsz * heads * dim))
+        seq_valid = None if key_valid is None else key_valid[:, m:]
 
-        q_seq, k_seq, v_seq, g_seq = (_pad_rows(x[:, :, m:], 0, padded_len - seq_len) for x in (q, k, v, grad_out))
-        out_seq = out[:, :, m:]
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)  # (B, H, M+L, D) each
+        if m > 0:  # memory queries over all keys, a group of keys at a time; the first write of dk and dv
+            g_rows, q_rows, out_rows = grad_out[:, :, :m], q[:, :, :m], out[:, :, :m]
+            for start in range(0, n, rows_per_group):
+                keys = slice(start, min(n, start + rows_per_group))
+                dq_rows, dk[:, :, keys], dv[:, :, keys] = flash_bwd(
+                    g_rows, q_rows, k[:, :, keys], v[:, :, keys], out_rows, lse_rows, 0.0, False,
+                    attn_mask=_rows_mask(key_valid, keys.start, keys.stop, q.dtype), scale=scale)
+                if start == 0:
+                    dq[:, :, :m] = dq_rows
+                else:
+                    dq[:, :, :m] += dq_rows
+        for start, n_chunks, c in _row_groups(seq_len, chunk, rows_per_group):
+            rows = slice(m + start, m + start + n_chunks * c)
+            mask, _ = _group_key_mask(seq_valid, start, n_chunks, c, heads, q.dtype)
+            lse_g = lse[:, :, rows.start - m:rows.stop - m]  # (B, H, r)
+            blocks = [x[:, :, rows].reshape(bsz * heads, n_chunks, c, dim) for x in (grad_out, q, k, v, out)]
+            grads = flash_bwd(*blocks, lse_g.reshape(bsz * heads, n_chunks, c), 0.0, False, attn_mask=mask,
+                              scale=scale)
+            for total, part in zip((dq, dk, dv), grads):  # (B·H, nc, c, D) -> rows of (B, H, M+L, D)
+                part = part.reshape(bsz, heads, n_chunks * c, dim)
+                if total is dq or m == 0:
+                    total[:, :, rows] = part
+                else:
+                    total[:, :, rows] += part
+            if m > 0:  # the same queries over the memory keys
+                dq_mem, dk_mem, dv_mem = flash_bwd(
+                    grad_out[:, :, rows], q[:, :, rows], k[:, :, :m], v[:, :, :m], out[:, :, rows], lse_g,
+                    0.0, False, scale=scale)
+                dq[:, :, rows] += dq_mem
+                dk[:, :, :m] += dk_mem
+                dv[:, :, :m] += dv_mem
+        return dq, dk, dv, None, None, None, None
 
-        blocks = functools.partial(_as_chunks, n_blocks=n_blocks)
 
-        def unblocks(x: torch.Tensor) -> torch.Tensor:  # (B·H, nB, C, D) -> (B, H, L, D)
-            return x.reshape(bsz, heads, padded_len, dim)[:, :, :seq_len]
+def _rows_mask(key_valid: torch.Tensor | None, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """Additive mask ``(B, 1, 1, stop-start)`` of the keys ``start:stop`` for the memory queries, or None."""
+    if key_valid is None:
+        return None
+    valid = key_valid[:, None, None, start:stop]
+    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, -math.inf)
 
-        dq_chunk, dk_chunk, dv_chunk = flash_bwd(
-            blocks(g_seq), blocks(q_seq), blocks(k_seq), blocks(v_seq), blocks(out_seq),
-            lse.view(bsz * heads, n_blocks, chunk), 0.0, False, attn_mask=chunk_mask, scale=scale)
-        dq_mem, dk_mem, dv_mem = flash_bwd(
-            g_seq, q_seq, k[:, :, :m], v[:, :, :m], out_seq, lse, 0.0, False, scale=scale)
-        dq_rows, dk, dv = flash_bwd(
-            grad_out[:, :, :m], q[:, :, :m], k, v, out[:, :, :m], lse_rows, 0.0, False,
-            attn_mask=rows_mask, scale=scale)
 
-        dq = torch.empty_like(q)
-        dq[:, :, :m] = dq_rows
-        dq[:, :, m:].copy_(unblocks(dq_chunk)).add_(dq_mem[:, :, :seq_len])
-        dk[:, :, m:] += unblocks(dk_chunk)
-        dk[:, :, :m] += dk_mem
-        dv[:, :, m:] += unblocks(dv_chunk)
-        dv[:, :, :m] += dv_mem
+def _band_group(seq_valid: torch.Tensor | None, start: int, stop: int, window: int, seq_len: int,
+                dtype: torch.dtype, device: torch.device, cache: dict) -> tuple[slice, torch.Tensor, torch.Tensor]:
+    """Keys and additive mask of the sequence rows ``start:stop`` under a window of radius ``window``.
+
+    Returns the key slice ``lo:hi`` (sequence indices), the mask ``(B or 1, 1, g, K)`` (0 or -inf) and the
+    rows with no allowed key ``(B or 1, 1, g)``. The band part depends only on the group's shape and its
+    offset from ``lo``, so it is built once per call (``cache``) for all the interior groups.
+    """
+    lo, hi = max(0, start - window), min(seq_len, stop + window)
+    key = (start - lo, stop - start, hi - lo)
+    if key not in cache:
+        offset, rows, keys = key
+        i = torch.arange(rows, device=device)[:, None] + offset
+        band = ((i - torch.arange(keys, device=device)[None, :]).abs() <= window)[None, None]  # (1, 1, g, K)
+        cache[key] = band, torch.zeros(band.shape, dtype=dtype, device=device).masked_fill_(~band, -math.inf)
+    band, mask = cache[key]
+    if seq_valid is None:
+        return slice(lo, hi), mask, ~band.any(dim=-1)
+    allowed = band & seq_valid[:, None, None, lo:hi]  # (B, 1, g, K)
+    return slice(lo, hi), mask.masked_fill(~allowed, -math.inf), ~allowed.any(dim=-1)
+
+
+def _finite_rows(x: torch.Tensor, needed: bool) -> torch.Tensor:
+    """``x`` with every row that holds a NaN or Inf set to zero (a copy); ``x`` itself when not ``needed``."""
+    if not needed:
+        return x
+    return x.masked_fill(~torch.isfinite(x).all(dim=-1, keepdim=True), 0.0)
+
+
+def _any_poisoned(poison: torch.Tensor) -> bool:
+    """Whether a row sees a non-finite input; assumed True while compiling (no data-dependent branch)."""
+    return torch.compiler.is_compiling() or bool(poison.any())
+
+
+class _WindowFlashCPU(torch.autograd.Function):
+    """Window GMAT attention on CPU without dropout: the flash kernel over groups of rows and their band.
+
+    Sequence rows ``a:b`` attend to the keys ``a-w : b+w`` (views) under a band mask, and to the M memory
+    keys in a second call, merged through the log-sum-exp as in ``_ChunkedFlashCPU``; the memory rows attend
+    to all keys. Only the output, its log-sum-exp and the three gradients have size L.
+
+    Non-finite inputs: the kernel adds the mask (-inf) to the scores, and NaN - inf is NaN, so a NaN key
+    would reach every row of its group. Each group's rows are therefore read with non-finite rows zeroed,
+    and the rows the band lets see a non-finite value (``_band_poison``) are set to NaN and pass no gradient.
+
+    Args of ``apply``: q, k, v ``(B, H, M+L, D)`` (k, v zeroed at padded keys), ``num_memory``, ``window``,
+    ``key_valid`` ``(B, M+L)`` bool or None, ``scale`` or None. Returns ``(B, H, M+L, D)``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, num_memory, window, key_valid, scale):
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        m = num_memory
+        bsz, heads, n, dim = q.shape
+        seq_len = n - m
+        rows_per_group = max(1, _GROUP_ELEMENTS // (bsz * heads * dim))
+        band_rows = min(rows_per_group, window_block_size(window))  # g rows see g + 2w keys: keep g ~ w
+        seq_valid = None if key_valid is None else key_valid[:, m:]
+        poison = _band_poison(q[:, :, m:], k, v, m, window)  # (B, H, L, 1)
+
+        out = torch.empty_like(q)  # (B, H, M+L, D)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # the kernel's log-sum-exp dtype
+        lse = q.new_empty(bsz, heads, seq_len, dtype=acc)  # (B, H, L)
+        lse_rows = None
+        if m > 0:
+            out_rows, lse_rows = flash(q[:, :, :m], k, v, attn_mask=_rows_mask(key_valid, 0, n, q.dtype),
+                                       scale=scale)  # (B, H, M, D), (B, H, M)
+            out[:, :, :m] = out_rows
+        bad = _any_poisoned(poison)
+        k_mem, v_mem = _finite_rows(k[:, :, :m], bad), _finite_rows(v[:, :, :m], bad)
+        cache: dict = {}
+        for start in range(0, seq_len, band_rows):
+            stop = min(seq_len, start + band_rows)
+            keys, mask, dead = _band_group(seq_valid, start, stop, window, seq_len, q.dtype, q.device, cache)
+            q_g = _finite_rows(q[:, :, m + start:m + stop], bad)  # (B, H, g, D)
+            k_g, v_g = (_finite_rows(x[:, :, m + keys.start:m + keys.stop], bad) for x in (k, v))  # (B, H, K, D)
+            out_g, lse_g = out[:, :, m + start:m + stop], lse[:, :, start:stop]
+            o_band, lse_band = flash(q_g, k_g, v_g, attn_mask=mask, scale=scale)  # (B,H,g,D), (B,H,g)
+            out_g.copy_(o_band)
+            if m == 0:  # the band is the whole softmax (a row with no key outputs 0, lse 0)
+                lse_g.copy_(lse_band)
+                continue
+            lse_band = lse_band.masked_fill(dead, -math.inf)  # the kernel reports lse = 0 for a row with no key
+            o_mem, lse_mem = flash(q_g, k_mem, v_mem, scale=scale)
+            lse_g.copy_(torch.logaddexp(lse_band, lse_mem))
+            out_g.mul_((lse_band - lse_g).exp_().unsqueeze(-1))
+            out_g.addcmul_(o_mem, (lse_mem - lse_g).exp_().unsqueeze(-1))
+        if bad:
+            out[:, :, m:].masked_fill_(poison, math.nan)
+
+        ctx.save_for_backward(q, k, v, out, lse, lse_rows, key_valid, poison)
+        ctx.shape = (m, window, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        q, k, v, out, lse, lse_rows, key_valid, poison = ctx.saved_tensors
+        m, window, scale = ctx.shape
+        bsz, heads, n, dim = q.shape
+        seq_len = n - m
+        rows_per_group = max(1, _GROUP_ELEMENTS // (bsz * heads * dim))
+        band_rows = min(rows_per_group, window_block_size(window))
+        seq_valid = None if key_valid is None else key_valid[:, m:]
+
+        dq = torch.empty_like(q)  # (B, H, M+L, D)
+        dk, dv = (torch.empty_like(k), torch.empty_like(v)) if m > 0 else (torch.zeros_like(k), torch.zeros_like(v))
+        if m > 0:  # memory queries over all keys, a group of keys at a time; the first write of dk and dv
+            g_rows, q_rows, out_rows = grad_out[:, :, :m], q[:, :, :m], out[:, :, :m]
+            for start in range(0, n, rows_per_group):
+                keys = slice(start, min(n, start + rows_per_group))
+                dq_rows, dk[:, :, keys], dv[:, :, keys] = flash_bwd(
+                    g_rows, q_rows, k[:, :, keys], v[:, :, keys], out_rows, lse_rows, 0.0, False,
+                    attn_mask=_rows_mask(key_valid, keys.start, keys.stop, q.dtype), scale=scale)
+                if start == 0:
+                    dq[:, :, :m] = dq_rows
+                else:
+                    dq[:, :, :m] += dq_rows
+        bad = _any_poisoned(poison)
+        k_mem, v_mem = _finite_rows(k[:, :, :m], bad), _finite_rows(v[:, :, :m], bad)
+        cache: dict = {}
+        for start in range(0, seq_len, band_rows):
+            stop = min(seq_len, start + band_rows)
+            rows = slice(m + start, m + stop)
+            keys, mask, _ = _band_group(seq_valid, start, stop, window, seq_len, q.dtype, q.device, cache)
+            keys = slice(m + keys.start, m + keys.stop)
+            g_g, o_g = grad_out[:, :, rows], out[:, :, rows]
+            if bad:  # poisoned rows output NaN and pass no gradient
+                hit = poison[:, :, start:stop]  # (B, H, g, 1)
+                g_g, o_g = g_g.masked_fill(hit, 0.0), o_g.masked_fill(hit, 0.0)
+            q_g, k_g, v_g = (_finite_rows(x[:, :, sl], bad) for x, sl in ((q, rows), (k, keys), (v, keys)))
+            lse_g = lse[:, :, start:stop]
+            dq_g, dk_g, dv_g = flash_bwd(g_g, q_g, k_g, v_g, o_g, lse_g, 0.0, False, attn_mask=mask, scale=scale)
+            dq[:, :, rows] = dq_g
+            dk[:, :, keys] += dk_g
+            dv[:, :, keys] += dv_g
+            if m > 0:  # the same queries over the memory keys
+                dq_mem, dk_mem, dv_mem = flash_bwd(g_g, q_g, k_mem, v_mem, o_g, lse_g, 0.0, False, scale=scale)
+                dq[:, :, rows] += dq_mem
+                dk[:, :, :m] += dk_mem
+                dv[:, :, :m] += dv_mem
         return dq, dk, dv, None, None, None, None

@@ -161,8 +161,10 @@ def gmat_attention(
 
     Memory rows attend to every (non-padded) key; sequence row i attends to every memory key and to
     sequence keys ``j ∈ N(i)`` of the pattern. One joint softmax over all allowed keys, in fp32. A row with
-    no allowed key (possible only with M = 0 and padding) returns zeros. Padded query rows return finite
-    values that callers should ignore. Example (M=1, chunked C=2, L=4)::
+    no allowed key (possible only with M = 0 and padding) returns zeros. Padded positions take no part: their
+    query rows return zeros and pass no gradient, their keys and values are never read, so a NaN or Inf there
+    reaches nothing. A non-finite value at a real position reaches only the rows the pattern lets see it
+    (``reference`` and ``blocked``, checked in ``tests/reliability``). Example (M=1, chunked C=2, L=4)::
 
             m | s s s s
         m   1 | 1 1 1 1
@@ -194,7 +196,12 @@ def gmat_attention(
         reasons = not_supported_reasons(chosen, q, pattern, dropout_p, requires_grad)
         if reasons:
             raise ValueError(f"backend {backend!r} cannot run these inputs:\n  " + "\n  ".join(reasons))
-    return chosen.fn(q, k, v, pattern, attention_mask, dropout_p, scale)
+    padded = None
+    if attention_mask is not None:
+        padded = ~pattern.key_valid(attention_mask)[:, None, :, None]  # (B, 1, M+L, 1)
+        q = q.masked_fill(padded, 0.0)  # a padded query row (NaN or not) never enters a softmax
+    out = chosen.fn(q, k, v, pattern, attention_mask, dropout_p, scale)  # (B, H, M+L, D)
+    return out if padded is None else out.masked_fill(padded, 0.0)  # zeros, and no gradient from these rows
 
 
 def _flex_check(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:

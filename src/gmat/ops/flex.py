@@ -77,9 +77,8 @@ def flex_block_mask(pattern: AttentionPattern, n: int, device: torch.device,
 
     if attention_mask is None:
         return _cached_block_mask(pattern, n, torch.device(device))
-    bsz = attention_mask.shape[0]
-    key_valid = torch.cat([attention_mask.new_ones(bsz, pattern.num_memory), attention_mask], dim=1)
-    return create_block_mask(_mask_mod(pattern, key_valid), B=bsz, H=None, Q_LEN=n, KV_LEN=n, device=device,
+    mask_mod = _mask_mod(pattern, pattern.key_valid(attention_mask))
+    return create_block_mask(mask_mod, B=attention_mask.shape[0], H=None, Q_LEN=n, KV_LEN=n, device=device,
                              _compile=torch.device(device).type == "cuda")
 
 

@@ -150,6 +150,32 @@ class AttentionPattern:
             "attention_window": self.window,
         }
 
+    # ---- what a backend needs for one call ------------------------------------------------------------
+    def key_valid(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Validity of every key of ``[mem ; seq]``: memory slots are always real.
+
+        Args:
+            attention_mask: ``(B, L)`` over sequence positions (bool or 0/1 ints; True/1 = real token), or None.
+
+        Returns:
+            ``(B, M+L)`` bool, ``cat(ones(B, M), attention_mask)``; None when ``attention_mask`` is None.
+        """
+        if attention_mask is None:
+            return None
+        mask = attention_mask.to(torch.bool)
+        return torch.cat([mask.new_ones(mask.shape[0], self.num_memory), mask], dim=1)
+
+    def for_length(self, seq_len: int) -> AttentionPattern:
+        """The cheapest pattern that allows the same pairs as this one at sequence length ``seq_len``.
+
+        A chunk of ``C >= L`` or a window of ``w >= L - 1`` covers the whole sequence, so it is ``"dense"``
+        there; any other pattern is returned unchanged. Backends use it so that a chunk or window larger than
+        the sequence costs what the sequence costs.
+        """
+        covers = ((self.kind == "chunked" and self.chunk_size >= seq_len)
+                  or (self.kind == "window" and self.window >= seq_len - 1))
+        return AttentionPattern(self.num_memory, "dense") if covers else self
+
     # ---- predicates over sequence indices (memory excluded) ---------------------------------------
     def local_fn(self) -> MaskFn:
         """Predicate ``N(i) ∋ j`` over *sequence* indices i, j (tensors, broadcastable)."""
@@ -200,8 +226,7 @@ class AttentionPattern:
         allowed = self.mask_fn()(idx[:, None], idx[None, :])  # (M+L, M+L)
         if attention_mask is None:
             return allowed
-        mem_valid = torch.ones(attention_mask.shape[0], self.num_memory, dtype=torch.bool, device=device)
-        key_valid = torch.cat([mem_valid, attention_mask.to(device=device, dtype=torch.bool)], dim=1)
+        key_valid = self.key_valid(attention_mask.to(device))  # (B, M+L)
         return allowed[None, None] & key_valid[:, None, None, :]  # (B, 1, M+L, M+L)
 
     def to_ascii(self, seq_len: int) -> str:
