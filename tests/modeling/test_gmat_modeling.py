@@ -322,3 +322,40 @@ def test_fill_mask_pipeline_reads_the_model_logits(gmat_config, tol, tmp_path) -
     assert [t["token"] for t in top] == expected.indices.tolist()
     scores = torch.tensor([t["score"] for t in top])
     torch.testing.assert_close(scores, expected.values, **tol("graph_rewrite"))
+
+
+@pytest.mark.parametrize("act", ["gelu", "relu"])
+def test_recomputed_ffn_activation_gives_the_plain_gradients(act: str, monkeypatch) -> None:
+    # training recomputes the FFN activation in the backward instead of saving it: same loss, same gradients
+    import gmat.modeling.modeling_gmat as mg
+
+    torch.manual_seed(0)
+    config = GmatConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_memory_tokens=3, chunk_size=8,
+                        hidden_act=act, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = GmatForMaskedLM(config).train()
+    ids = torch.randint(5, 50, (2, 40))
+
+    def run(recompute: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        monkeypatch.setattr(mg, "_RECOMPUTE_FFN_ACTIVATION", recompute)
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    calls = []
+    monkeypatch.setattr(mg._ActivationThenLinear, "backward", _counting(mg._ActivationThenLinear.backward, calls))
+    loss, grads = run(True)
+    assert len(calls) == config.num_hidden_layers  # the recomputing path really ran
+    plain_loss, plain = run(False)
+    assert torch.equal(loss, plain_loss) and grads.keys() == plain.keys()
+    for name in plain:
+        torch.testing.assert_close(grads[name], plain[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def _counting(fn, calls: list):  # noqa: ANN001, ANN202
+    def wrapped(*args):  # noqa: ANN002, ANN202
+        calls.append(1)
+        return fn(*args)
+
+    return staticmethod(wrapped)

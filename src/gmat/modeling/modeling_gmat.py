@@ -295,7 +295,50 @@ class GmatOutput(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``(B, M+L, intermediate_size)``, ``(B, M+L, d)`` → ``(B, M+L, d)``."""
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+        return self.add_and_norm(self.dense(hidden_states), residual)
+
+    def add_and_norm(self, projected: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``(B, M+L, d)`` after ``dense``, and the residual → ``(B, M+L, d)``."""
+        return self.LayerNorm(self.dropout(projected) + residual)
+
+
+# The FFN's activation is recomputed in the backward pass instead of saved while training (switch for tests).
+_RECOMPUTE_FFN_ACTIVATION = True
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+class _ActivationThenLinear(torch.autograd.Function):
+    """``linear(act(pre), weight, bias)`` that keeps ``pre`` only for the backward, not ``act(pre)`` too.
+
+    Plain autograd saves both the activation's input (for its derivative) and its output (for the second
+    projection's weight gradient): two ``(B, M+L, intermediate_size)`` tensors per layer, the largest saved
+    activations of a block. Recomputing ``act(pre)`` in the backward costs one elementwise pass and saves one
+    of them. The forward is the same computation as ``GmatOutput.dense(GmatIntermediate.intermediate_act_fn)``.
+    """
+
+    @staticmethod
+    def forward(ctx, pre, act, weight, bias):  # noqa: ANN001, ANN205, D102
+        ctx.act = act
+        ctx.save_for_backward(pre, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(act(pre), weight, bias)  # (B, M+L, d)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205, D102
+        pre, weight = ctx.saved_tensors
+        with torch.enable_grad():
+            pre_ = pre.detach().requires_grad_()
+            hidden = ctx.act(pre_)  # (B, M+L, I), recomputed
+        dtype = grad_out.dtype  # the forward's compute dtype (bf16 under autocast)
+        grad_hidden = grad_out @ weight.to(dtype)  # (B, M+L, I)
+        (grad_pre,) = torch.autograd.grad(hidden, pre_, grad_hidden.to(hidden.dtype))
+        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])  # (N, d)
+        grad_weight = (flat_grad.t() @ hidden.detach().reshape(-1, hidden.shape[-1]).to(dtype)).to(weight.dtype)
+        grad_bias = flat_grad.sum(0).to(weight.dtype) if ctx.has_bias else None
+        return grad_pre, None, grad_weight, grad_bias
 
 
 class GmatLayer(GradientCheckpointingLayer):
@@ -315,6 +358,11 @@ class GmatLayer(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         """``(B, M+L, d)`` and a ``(B, L)`` bool mask → ``(B, M+L, d)``."""
         attended = self.attention(hidden_states, attention_mask)
+        if _RECOMPUTE_FFN_ACTIVATION and self.training and torch.is_grad_enabled() and not _tracing():
+            pre = self.intermediate.dense(attended)  # (B, M+L, I)
+            act, dense = self.intermediate.intermediate_act_fn, self.output.dense
+            projected = _ActivationThenLinear.apply(pre, act, dense.weight, dense.bias)
+            return self.output.add_and_norm(projected, attended)
         return self.output(self.intermediate(attended), attended)
 
 

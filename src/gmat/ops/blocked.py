@@ -91,11 +91,12 @@ def _merges_on_cpu(q: torch.Tensor, pattern: AttentionPattern, dropout_p: float)
     """Whether a flash-kernel route (``_ChunkedFlashCPU``, ``_WindowFlashCPU``) applies: CPU, no dropout.
 
     Not under ``torch.export`` (hence ONNX export): ONNX Runtime rejects this route's exported graph (a
-    Reshape of the kernel's log-sum-exp receives another shape), so exported graphs take the batched-SDPA
-    route, which computes the same attention.
+    Reshape of the kernel's log-sum-exp receives another shape). Not under ``torch.compile`` either: the route
+    walks the rows in a Python loop over the length, which a dynamic-shape graph cannot trace. Both take the
+    batched-SDPA route, which computes the same attention.
     """
     return (q.device.type == "cpu" and pattern.kind in ("chunked", "window") and dropout_p == 0.0
-            and not torch.compiler.is_exporting())
+            and not torch.compiler.is_compiling())  # is_compiling() is also True under torch.export
 
 
 def blocked_attention(
