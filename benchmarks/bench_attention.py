@@ -45,8 +45,7 @@ logger = logging.getLogger("bench_attention")
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The options of ``main``."""
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--quick", action="store_true",
-                        help="the built-in quick sweep (< 90 s on a 2-core CPU)")
+    source.add_argument("--quick", action="store_true", help="the built-in quick sweep (< 90 s on a 2-core CPU)")
     source.add_argument("--config", help="YAML sweep (see benchmarks/configs/)")
     source.add_argument("--from-json", help="only re-render the markdown and PNG of a saved JSON")
     parser.add_argument("--out", default="./bench-results", help="output folder (default: ./bench-results)")
@@ -82,9 +81,9 @@ def cli_run(args: argparse.Namespace) -> int:
         keep = tuple(e.strip() for e in args.engines.split(",") if e.strip())
         overrides["engines"] = keep
         overrides["sweeps"] = tuple(
-            s if s.engines is None
-            else dataclasses.replace(s, engines=tuple(e for e in s.engines if e in keep))
-            for s in cfg.sweeps)
+            s if s.engines is None else dataclasses.replace(s, engines=tuple(e for e in s.engines if e in keep))
+            for s in cfg.sweeps
+        )
     cfg = dataclasses.replace(cfg, **overrides)
     payload = run_benchmark(cfg, args.out, command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]))
     out = Path(args.out)

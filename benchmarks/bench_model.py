@@ -50,8 +50,13 @@ VOCAB = 30_522
 
 
 def _sizes(args: argparse.Namespace) -> dict:
-    return dict(vocab_size=VOCAB, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                num_attention_heads=args.heads, intermediate_size=4 * args.hidden)
+    return dict(
+        vocab_size=VOCAB,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden,
+    )
 
 
 NO_ATTENTION_DROPOUT = {"attention_probs_dropout_prob": 0.0}  # fused kernels train without it (ModernBERT's default)
@@ -65,9 +70,16 @@ def build(engine: str, args: argparse.Namespace) -> tuple[torch.nn.Module, Calla
         from gmat.modeling import GmatConfig, GmatForMaskedLM
 
         backend, _, head = engine[len("gmat_") :].partition("_")
-        config = GmatConfig(**size, **NO_ATTENTION_DROPOUT, max_position_embeddings=L,
-                            num_memory_tokens=args.num_memory, attention_pattern="chunked", chunk_size=args.chunk,
-                            attn_backend=backend, sparse_prediction=head != "fullhead")
+        config = GmatConfig(
+            **size,
+            **NO_ATTENTION_DROPOUT,
+            max_position_embeddings=L,
+            num_memory_tokens=args.num_memory,
+            attention_pattern="chunked",
+            chunk_size=args.chunk,
+            attn_backend=backend,
+            sparse_prediction=head != "fullhead",
+        )
         return GmatForMaskedLM(config), plain
     if engine == "bert_sdpa":
         from transformers import BertConfig, BertForMaskedLM
@@ -78,8 +90,9 @@ def build(engine: str, args: argparse.Namespace) -> tuple[torch.nn.Module, Calla
         from transformers import LongformerConfig, LongformerForMaskedLM
 
         # attention_window = C keys per query (w = C/2 each side), the first M tokens global: GMAT's budget
-        config = LongformerConfig(**size, **NO_ATTENTION_DROPOUT, max_position_embeddings=L + 2,
-                                  attention_window=args.chunk)
+        config = LongformerConfig(
+            **size, **NO_ATTENTION_DROPOUT, max_position_embeddings=L + 2, attention_window=args.chunk
+        )
 
         def longformer_inputs(b: dict) -> dict:
             glob = torch.zeros_like(b["input_ids"])
@@ -90,8 +103,14 @@ def build(engine: str, args: argparse.Namespace) -> tuple[torch.nn.Module, Calla
     if engine == "bigbird":
         from transformers import BigBirdConfig, BigBirdForMaskedLM
 
-        config = BigBirdConfig(**size, **NO_ATTENTION_DROPOUT, max_position_embeddings=L,
-                               attention_type="block_sparse", block_size=64, num_random_blocks=3)
+        config = BigBirdConfig(
+            **size,
+            **NO_ATTENTION_DROPOUT,
+            max_position_embeddings=L,
+            attention_type="block_sparse",
+            block_size=64,
+            num_random_blocks=3,
+        )
         return BigBirdForMaskedLM(config), plain
     if engine == "modernbert":
         from transformers import ModernBertConfig, ModernBertForMaskedLM
@@ -184,8 +203,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
-    p.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {','.join(ENGINES)} or "
-                   "gmat_<any gmat.ops backend>[_fullhead]")
+    p.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help=f"comma-separated, of {','.join(ENGINES)} or gmat_<any gmat.ops backend>[_fullhead]",
+    )
     p.add_argument("--length", type=int, default=16_384)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--layers", type=int, default=12)

@@ -72,10 +72,42 @@ BF16_SLACK = 4e-3
 # Model step (GMAT-base against BERT/SDPA, ModernBERT, Longformer): the headline length first.
 MODEL_LENGTHS, DRY_MODEL_LENGTHS = (16384, 4096), (256, 128)
 MODEL_ENGINES = ("bert_sdpa", "gmat_triton", "gmat_blocked", "modernbert", "longformer")
-MODEL_ARGS = ["--dtype", "bf16", "--layers", "12", "--hidden", "768", "--heads", "12", "--num-memory", "64",
-              "--chunk", "512", "--warmup", "2", "--steps", "5"]
-DRY_MODEL_ARGS = ["--dtype", "fp32", "--layers", "1", "--hidden", "32", "--heads", "2", "--num-memory", "4",
-                  "--chunk", "64", "--warmup", "0", "--steps", "1"]
+MODEL_ARGS = [
+    "--dtype",
+    "bf16",
+    "--layers",
+    "12",
+    "--hidden",
+    "768",
+    "--heads",
+    "12",
+    "--num-memory",
+    "64",
+    "--chunk",
+    "512",
+    "--warmup",
+    "2",
+    "--steps",
+    "5",
+]
+DRY_MODEL_ARGS = [
+    "--dtype",
+    "fp32",
+    "--layers",
+    "1",
+    "--hidden",
+    "32",
+    "--heads",
+    "2",
+    "--num-memory",
+    "4",
+    "--chunk",
+    "64",
+    "--warmup",
+    "0",
+    "--steps",
+    "1",
+]
 
 
 # ==== state and reports ========================================================================================
@@ -112,9 +144,14 @@ def _fmt(x: float | None, spec: str = ".2e") -> str:
 def markdown(state: dict[str, Any]) -> str:
     """Every section that has data: steps, environment, correctness, op sweep, model step."""
     pack = state["pack"]
-    lines = ["# GMAT GPU evidence pack" + (" (DRY RUN on CPU, tiny shapes: not evidence)" if pack["dry_run"] else ""),
-             "", f"Started {pack['started']}. Steps (in running order):", "",
-             "| step | status | wall s | note |", "|---|---|---|---|"]
+    lines = [
+        "# GMAT GPU evidence pack" + (" (DRY RUN on CPU, tiny shapes: not evidence)" if pack["dry_run"] else ""),
+        "",
+        f"Started {pack['started']}. Steps (in running order):",
+        "",
+        "| step | status | wall s | note |",
+        "|---|---|---|---|",
+    ]
     for name in STEPS:
         s = state["steps"].get(name)
         if s:
@@ -123,26 +160,42 @@ def markdown(state: dict[str, Any]) -> str:
             lines.append(f"| {name} | not started | | |")
     env = state.get("environment")
     if env:
-        lines += ["", "## Environment", "",
-                  f"- device: {env.get('gpu') or env.get('cpu')}"
-                  + (f" ({env.get('gpu_memory_gib')} GiB, capability {env.get('gpu_capability')}, driver "
-                     f"{env.get('gpu_driver')}, CUDA {env.get('cuda')})" if env.get("gpu") else ""),
-                  f"- software: Python {env.get('python')}, torch {env.get('torch')}, triton {env.get('triton')}, "
-                  f"transformers {env.get('transformers')}",
-                  f"- git: {env.get('git_sha')}; run {env.get('utc')}"]
+        lines += [
+            "",
+            "## Environment",
+            "",
+            f"- device: {env.get('gpu') or env.get('cpu')}"
+            + (
+                f" ({env.get('gpu_memory_gib')} GiB, capability {env.get('gpu_capability')}, driver "
+                f"{env.get('gpu_driver')}, CUDA {env.get('cuda')})"
+                if env.get("gpu")
+                else ""
+            ),
+            f"- software: Python {env.get('python')}, torch {env.get('torch')}, triton {env.get('triton')}, "
+            f"transformers {env.get('transformers')}",
+            f"- git: {env.get('git_sha')}; run {env.get('utc')}",
+        ]
     corr = state.get("correctness")
     if corr:
-        lines += ["", f"## Correctness on {corr['device']} (forward and gradients, vs float64 reference)", "",
-                  "Relative error ||got - ref|| / ||ref|| per output; NaN or Inf never passes. fp32: fixed "
-                  "tolerance (TF32 dots allowed for triton and flex); bf16: 2x / 3x the error of the reference run "
-                  "in bf16 plus a slack (tol = the largest).", "",
-                  "| backend | dtype | case | result | out | dq | dk | dv | tol |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Correctness on {corr['device']} (forward and gradients, vs float64 reference)",
+            "",
+            "Relative error ||got - ref|| / ||ref|| per output; NaN or Inf never passes. fp32: fixed "
+            "tolerance (TF32 dots allowed for triton and flex); bf16: 2x / 3x the error of the reference run "
+            "in bf16 plus a slack (tol = the largest).",
+            "",
+            "| backend | dtype | case | result | out | dq | dk | dv | tol |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in corr["rows"]:
             e = r.get("errors", {})
             result = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
-            lines.append(f"| {r['backend']} | {r['dtype']} | {r['case']} | {result} | " + " | ".join(
-                _fmt(e.get(k)) for k in ("out", "dq", "dk", "dv")) + f" | {_fmt(r.get('tol'))} |")
+            lines.append(
+                f"| {r['backend']} | {r['dtype']} | {r['case']} | {result} | "
+                + " | ".join(_fmt(e.get(k)) for k in ("out", "dq", "dk", "dv"))
+                + f" | {_fmt(r.get('tol'))} |"
+            )
     ops = state.get("ops")
     if ops:
         from benchlib.report import add_speedups
@@ -153,19 +206,32 @@ def markdown(state: dict[str, Any]) -> str:
         lines += ["", "## Op sweep", ""] + ["#" + x if x.startswith("#") else x for x in body[1:]]
     model = state.get("model")
     if model:
-        lines += ["", "## Model step: MLM training step (forward, loss, backward, AdamW)", "",
-                  f"{model['describe']}", "",
-                  "| L | engine | tokens/s | step ms | peak GiB | × BERT-SDPA tokens/s | note |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Model step: MLM training step (forward, loss, backward, AdamW)",
+            "",
+            f"{model['describe']}",
+            "",
+            "| L | engine | tokens/s | step ms | peak GiB | × BERT-SDPA tokens/s | note |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in model["rows"]:
             if "tokens_per_s" not in r:
                 lines.append(f"| {r['length']} | {r['engine']} | | | | | skipped: {r.get('skipped')} |")
                 continue
-            bert = next((b for b in model["rows"] if b["engine"] == "bert_sdpa" and b["length"] == r["length"]
-                         and "tokens_per_s" in b), None)
+            bert = next(
+                (
+                    b
+                    for b in model["rows"]
+                    if b["engine"] == "bert_sdpa" and b["length"] == r["length"] and "tokens_per_s" in b
+                ),
+                None,
+            )
             ratio = f"{r['tokens_per_s'] / bert['tokens_per_s']:.2f}×" if bert else "–"
-            lines.append(f"| {r['length']} | {r['engine']} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
-                         f"{_fmt(r.get('peak_gib'), '.2f')} | {ratio} | loss {r.get('loss', 0):.2f} |")
+            lines.append(
+                f"| {r['length']} | {r['engine']} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
+                f"{_fmt(r.get('peak_gib'), '.2f')} | {ratio} | loss {r.get('loss', 0):.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -199,9 +265,16 @@ def step_env(pack: Pack, args: argparse.Namespace) -> None:
     except ImportError as err:
         env["triton"] = f"not importable: {err}"
     try:
-        env["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,"
-                                            "clocks.max.sm,power.limit,temperature.gpu", "--format=csv"],
-                                           capture_output=True, text=True, timeout=20).stdout.strip()
+        env["nvidia_smi"] = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit,temperature.gpu",
+                "--format=csv",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError) as err:
         env["nvidia_smi"] = f"unavailable: {type(err).__name__}"
     pack.state["environment"] = env
@@ -226,15 +299,18 @@ def check_case(backend: str, case: tuple, device: str, dtype_name: str = "float3
     from gmat.ops.reference import reference_attention
 
     b, h, seq, d, kind, size, m, pad = case
-    pattern = (AttentionPattern(m, "chunked", chunk_size=size) if kind == "chunked"
-               else AttentionPattern(m, "window", window=size))
+    pattern = (
+        AttentionPattern(m, "chunked", chunk_size=size)
+        if kind == "chunked"
+        else AttentionPattern(m, "window", window=size)
+    )
     gen = torch.Generator().manual_seed(seq * 131 + d)
     n = m + seq
     q, k, v, do = (torch.randn(b, h, n, d, generator=gen).to(device) for _ in range(4))  # fresh random inputs
     mask = None
     if pad is not None:
         mask = torch.ones(b, seq, dtype=torch.bool)
-        mask[0, seq // 2:] = False
+        mask[0, seq // 2 :] = False
         if pad == "full" and b > 1:
             mask[1] = False
         mask = mask.to(device)
@@ -252,6 +328,7 @@ def check_case(backend: str, case: tuple, device: str, dtype_name: str = "float3
             padded = ~pattern.key_valid(mask)[:, None, :, None]
             return triton_attention(q.masked_fill(padded, 0.0), k, v, pattern, mask).masked_fill(padded, 0.0)
     else:
+
         def fn(*a: Any) -> torch.Tensor:
             return gmat_attention(*a, backend=backend)
 
@@ -273,11 +350,19 @@ def check_case(backend: str, case: tuple, device: str, dtype_name: str = "float3
         tols = dict.fromkeys(names, TOLERANCE[backend])
     else:
         low = run(reference_attention, dtype)
-        tols = {name: (2.0 if name == "out" else 3.0) * rel(lo, r) + BF16_SLACK
-                for name, lo, r in zip(names, low, truth)}
+        tols = {
+            name: (2.0 if name == "out" else 3.0) * rel(lo, r) + BF16_SLACK for name, lo, r in zip(names, low, truth)
+        }
     ok = finite and all(errors[name] <= tols[name] for name in names)
-    return {"status": "ok" if ok else "FAIL", "dtype": dtype_name, "errors": errors, "tol": max(tols.values()),
-            "tols": tols, "finite": finite, **({} if finite else {"reason": "non-finite values"})}
+    return {
+        "status": "ok" if ok else "FAIL",
+        "dtype": dtype_name,
+        "errors": errors,
+        "tol": max(tols.values()),
+        "tols": tols,
+        "finite": finite,
+        **({} if finite else {"reason": "non-finite values"}),
+    }
 
 
 def step_correctness(pack: Pack, args: argparse.Namespace) -> None:
@@ -340,16 +425,17 @@ def step_model(pack: Pack, args: argparse.Namespace) -> None:
     first = bench_model.parse_args([*common, "--length", str(lengths[0])])
     pack.state["model"] = {
         "describe": f"{first.layers} layers d={first.hidden} H={first.heads}, B={first.batch}, {first.dtype} on "
-                    f"{first.device}; GMAT M={first.num_memory} chunked C={first.chunk}; every engine gets "
-                    "attention_mask=None (all tokens real); GMAT scores only the labelled rows (sparse prediction)",
-        "args": common, "rows": rows}
+        f"{first.device}; GMAT M={first.num_memory} chunked C={first.chunk}; every engine gets "
+        "attention_mask=None (all tokens real); GMAT scores only the labelled rows (sparse prediction)",
+        "args": common,
+        "rows": rows,
+    }
     start = time.monotonic()
     for length in lengths:
         model_args = bench_model.parse_args([*common, "--length", str(length)])
         for engine in MODEL_ENGINES:
             if time.monotonic() - start > args.deadline_s:
-                row = {"engine": engine, "length": length,
-                       "skipped": f"step deadline of {args.deadline_s:g} s reached"}
+                row = {"engine": engine, "length": length, "skipped": f"step deadline of {args.deadline_s:g} s reached"}
             else:
                 row = bench_model.measure(engine, model_args)  # records its own failure as "skipped"
             rows.append(row)

@@ -129,16 +129,21 @@ def _memory_swaps(run_dir: Path, config) -> dict[str, dict]:
     """``memory_swap_losses`` of the final weights on eval and test (``eval-<split>-swap.json``)."""
     from gmat.tasks.compression import memory_swap_losses
 
-    return _cached_per_split(run_dir, config, "swap", lambda model, task, split: memory_swap_losses(
-        model, task, split, batch_size=8))
+    return _cached_per_split(
+        run_dir, config, "swap", lambda model, task, split: memory_swap_losses(model, task, split, batch_size=8)
+    )
 
 
 def _per_example(run_dir: Path, config) -> dict[str, dict]:
     """``per_example_losses`` of the final weights on eval and test (``eval-<split>-per-example.json``)."""
     from gmat.tasks.compression import per_example_losses
 
-    return _cached_per_split(run_dir, config, "per-example", lambda model, task, split: per_example_losses(
-        model, task, split, batch_size=config.train.eval_batch_size))
+    return _cached_per_split(
+        run_dir,
+        config,
+        "per-example",
+        lambda model, task, split: per_example_losses(model, task, split, batch_size=config.train.eval_batch_size),
+    )
 
 
 def _paired(name: str, base: str) -> dict[str, dict]:
@@ -209,9 +214,7 @@ def _plot(rows: list[dict], out: Path) -> None:
 def _markdown(rows: list[dict]) -> str:
     head = (
         "| setting | M | L | context | split | loss | perplexity | token accuracy | swapped-memory loss (gap) "
-        "| paired Δ loss (± 2 SE) | tokens | train time |\n"
-        + "|---" * 12
-        + "|\n"
+        "| paired Δ loss (± 2 SE) | tokens | train time |\n" + "|---" * 12 + "|\n"
     )
     lines = []
     for r in rows:
@@ -222,8 +225,10 @@ def _markdown(rows: list[dict]) -> str:
             swapped = f"{swap['swapped_loss']:.3f} ({swap['swap_gap']:+.3f})" if swap else "–"
             deltas = [
                 f"{label} {d['mean']:+.3f} ± {d['two_se']:.3f}"
-                for label, d in (("vs none", r.get("vs_none", {}).get(split)),
-                                 ("vs seed 0", r.get("vs_seed0", {}).get(split)))
+                for label, d in (
+                    ("vs none", r.get("vs_none", {}).get(split)),
+                    ("vs seed 0", r.get("vs_seed0", {}).get(split)),
+                )
                 if d is not None
             ]
             delta = "; ".join(deltas) or "–"

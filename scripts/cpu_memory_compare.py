@@ -46,8 +46,15 @@ OP_ENGINES = ("dense_sdpa", "blocked_chunked", "blocked_window")
 MODEL_ENGINES = ("bert_sdpa", "gmat_chunked", "gmat_window")
 NUM_MEMORY, CHUNK, WINDOW = 64, 512, 256
 HEADS, HEAD_DIM = 8, 64  # op level
-MODEL_SIZE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
-              "vocab_size": 30_522, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+MODEL_SIZE = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "vocab_size": 30_522,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
 
 
 def _status_kib(field: str) -> int:
@@ -100,15 +107,23 @@ def _model_step(engine: str, length: int, num_memory: int) -> Callable[[], None]
     if engine == "bert_sdpa":
         from transformers import BertConfig, BertModel
 
-        model = BertModel(BertConfig(**MODEL_SIZE, max_position_embeddings=length, attn_implementation="sdpa"),
-                          add_pooling_layer=False)
+        model = BertModel(
+            BertConfig(**MODEL_SIZE, max_position_embeddings=length, attn_implementation="sdpa"),
+            add_pooling_layer=False,
+        )
     else:
         from gmat.modeling import GmatConfig, GmatModel
 
         kind = engine.removeprefix("gmat_")
         size = {"chunk_size": CHUNK} if kind == "chunked" else {"attention_window": WINDOW}
-        config = GmatConfig(**MODEL_SIZE, max_position_embeddings=length, num_memory_tokens=num_memory,
-                            attention_pattern=kind, attn_backend="blocked", **size)
+        config = GmatConfig(
+            **MODEL_SIZE,
+            max_position_embeddings=length,
+            num_memory_tokens=num_memory,
+            attention_pattern=kind,
+            attn_backend="blocked",
+            **size,
+        )
         model = GmatModel(config, add_pooling_layer=False)
     model.train()
     ids = torch.randint(1000, MODEL_SIZE["vocab_size"], (1, length), generator=torch.Generator().manual_seed(0))
@@ -143,11 +158,18 @@ def child(level: str, engine: str, length: int, num_memory: int = NUM_MEMORY) ->
     seconds = time.perf_counter() - t0
     after_peak = _status_kib("VmHWM")
     # clear_refs reset the high-water mark, so the process's life-long peak is the larger of the two phases
-    return {"level": level, "engine": engine, "length": length, "step_mib": (after_peak - before) / 1024,
-            "process_mib": max(warm_peak, after_peak) / 1024,
-            "num_memory": num_memory, "rss_before_step_mib": before / 1024, "step_s": seconds,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    return {
+        "level": level,
+        "engine": engine,
+        "length": length,
+        "step_mib": (after_peak - before) / 1024,
+        "process_mib": max(warm_peak, after_peak) / 1024,
+        "num_memory": num_memory,
+        "rss_before_step_mib": before / 1024,
+        "step_s": seconds,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _cpu_model() -> str:
@@ -160,8 +182,16 @@ def _cpu_model() -> str:
 
 def _run_child(level: str, engine: str, length: int, num_memory: int) -> dict:
     """One point in a fresh process."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", level, engine, str(length),
-           "--num-memory", str(num_memory)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        level,
+        engine,
+        str(length),
+        "--num-memory",
+        str(num_memory),
+    ]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode:
         return {"level": level, "engine": engine, "length": length, "error": f"exit {proc.returncode}"}
@@ -198,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             print(f"| {r['level']} | {r['engine']} | {r['length']} | {r['error']} | | |")
             continue
-        print(f"| {r['level']} | {r['engine']} | {r['length']} | {r['step_mib']:,.0f} | {r['process_mib']:,.0f} "
-              f"| {r['step_s']:.2f} |")
+        print(
+            f"| {r['level']} | {r['engine']} | {r['length']} | {r['step_mib']:,.0f} | {r['process_mib']:,.0f} "
+            f"| {r['step_s']:.2f} |"
+        )
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=1)

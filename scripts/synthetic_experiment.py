@@ -32,9 +32,7 @@ LENGTH_SWEEP = {
 }
 
 
-def _jobs(
-    tasks: list[str], seeds: list[int], runs_dir: Path, with_length_sweep: bool, extra: list[str]
-) -> list[dict]:
+def _jobs(tasks: list[str], seeds: list[int], runs_dir: Path, with_length_sweep: bool, extra: list[str]) -> list[dict]:
     jobs = []
     for task in tasks:
         for seed in seeds:  # seed-major, so a sweep cut short still has every variant
@@ -44,9 +42,7 @@ def _jobs(
         for length, n_seeds in LENGTH_SWEEP["lengths"]:
             for variant in LENGTH_SWEEP["variants"]:
                 for seed in seeds[:n_seeds]:
-                    jobs.append(
-                        {"task": LENGTH_SWEEP["task"], "variant": variant, "seq_len": length, "seed": seed}
-                    )
+                    jobs.append({"task": LENGTH_SWEEP["task"], "variant": variant, "seq_len": length, "seed": seed})
     for job in jobs:
         name = f"{job['task']}-{job['variant']}"
         job["config"] = str(CONFIGS / f"{name}.yaml")
@@ -238,9 +234,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "docs" / "results"))
     parser.add_argument("--no-length-sweep", action="store_true")
     parser.add_argument("--only-length-sweep", action="store_true")
-    parser.add_argument(
-        "--set", dest="overrides", nargs="+", default=[], help="extra overrides for every run"
-    )
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], help="extra overrides for every run")
     parser.add_argument("--aggregate-only", action="store_true", help="only collect finished runs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

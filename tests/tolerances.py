@@ -25,8 +25,14 @@ def tolerance(backend: str, device: str, dtype: torch.dtype) -> tuple[float, flo
     return TOLERANCES[(backend, device, dtype)]
 
 
-def assert_close_to_oracle(fast: torch.Tensor, truth: torch.Tensor, lowp_ref: torch.Tensor | None,
-                           backend: str, factor: float = LOWP_FORWARD_FACTOR, what: str = "output") -> None:
+def assert_close_to_oracle(
+    fast: torch.Tensor,
+    truth: torch.Tensor,
+    lowp_ref: torch.Tensor | None,
+    backend: str,
+    factor: float = LOWP_FORWARD_FACTOR,
+    what: str = "output",
+) -> None:
     """fp32/fp64: table tolerance vs truth. bf16/fp16: flash-attention rule against ``lowp_ref``."""
     dtype, device = fast.dtype, fast.device.type
     fast64, truth64 = fast.double(), truth.double()

@@ -12,8 +12,17 @@ import torch
 
 from gmat.ops import AttentionPattern
 
-__all__ = ["DTYPES", "MODES", "BenchConfig", "Experiment", "SweepSpec", "config_from_dict", "load_config",
-           "quick_config", "to_tuple"]
+__all__ = [
+    "DTYPES",
+    "MODES",
+    "BenchConfig",
+    "Experiment",
+    "SweepSpec",
+    "config_from_dict",
+    "load_config",
+    "quick_config",
+    "to_tuple",
+]
 
 MODES = ("fwd", "fwd_bwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,8 +57,9 @@ class SweepSpec:
         for field_name in ("seq_lens", "num_memory", "sizes"):
             values = getattr(self, field_name)
             if not values or any(not isinstance(v, int) or v < 0 for v in values):
-                raise ValueError(f"sweep {self.name!r}: {field_name} must be a non-empty list of ints >= 0, "
-                                 f"got {values!r}")
+                raise ValueError(
+                    f"sweep {self.name!r}: {field_name} must be a non-empty list of ints >= 0, got {values!r}"
+                )
 
     @property
     def axis(self) -> str:
@@ -92,8 +102,17 @@ class BenchConfig:
     batch: int = 1
     heads: int = 8
     head_dim: int = 64
-    engines: tuple[str, ...] = ("dense_sdpa", "masked_sdpa", "naive_chunk_sdpa", "naive_chunk_mem_sdpa", "blocked",
-                                "blocked_proj", "flex", "hf_longformer", "hf_bigbird")
+    engines: tuple[str, ...] = (
+        "dense_sdpa",
+        "masked_sdpa",
+        "naive_chunk_sdpa",
+        "naive_chunk_mem_sdpa",
+        "blocked",
+        "blocked_proj",
+        "flex",
+        "hf_longformer",
+        "hf_bigbird",
+    )
     modes: tuple[str, ...] = MODES
     sweeps: tuple[SweepSpec, ...] = ()
     check_seq_len: int = 1024
@@ -118,8 +137,7 @@ class BenchConfig:
         if bad_modes or not self.modes:
             raise ValueError(f"modes must be a non-empty subset of {MODES}, got {self.modes!r}")
         if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
-            raise ValueError(f"need 1 <= min_repeats <= max_repeats, got {self.min_repeats}, "
-                             f"{self.max_repeats}")
+            raise ValueError(f"need 1 <= min_repeats <= max_repeats, got {self.min_repeats}, {self.max_repeats}")
 
 
 def to_tuple(value: Any) -> Any:
@@ -160,10 +178,8 @@ def quick_config() -> BenchConfig:
         name="quick",
         engines=("dense_sdpa", "naive_chunk_mem_sdpa", "blocked", "flex", "hf_longformer"),
         sweeps=(
-            SweepSpec(name="chunked", kind="chunked", seq_lens=(1024, 2048, 4096), num_memory=(64,),
-                      sizes=(512,)),
-            SweepSpec(name="window", kind="window", seq_lens=(1024, 2048, 4096), num_memory=(64,),
-                      sizes=(256,)),
+            SweepSpec(name="chunked", kind="chunked", seq_lens=(1024, 2048, 4096), num_memory=(64,), sizes=(512,)),
+            SweepSpec(name="window", kind="window", seq_lens=(1024, 2048, 4096), num_memory=(64,), sizes=(256,)),
         ),
         check_seq_len=1024,
         warmup=1,
@@ -224,5 +240,3 @@ class Experiment:
     def torch_dtype(self) -> torch.dtype:
         """The tensor dtype."""
         return DTYPES[self.dtype]
-
-

@@ -85,8 +85,7 @@ class Engine:
     note: str | None = None
 
 
-def attention_flops(pattern: AttentionPattern, seq_len: int, batch: int, heads: int, head_dim: int,
-                    mode: str) -> float:
+def attention_flops(pattern: AttentionPattern, seq_len: int, batch: int, heads: int, head_dim: int, mode: str) -> float:
     """Effective FLOPs of one step: ``4·B·H·D·pairs`` forward (QK^T and PV), x3.5 with backward.
 
     Only the (q, k) pairs the pattern allows count (``pattern.allowed_pairs``), as in flash-attention's
@@ -113,8 +112,11 @@ def _reference(pattern: AttentionPattern) -> Callable[[tuple[torch.Tensor, ...]]
 
 def _build_dense_sdpa(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
     q, k, v = _qkv(exp, exp.total_len, requires_grad, cfg.seed)  # (B, H, M+L, D)
-    return Case(leaves=(q, k, v), forward=lambda: F.scaled_dot_product_attention(q, k, v),
-                oracle=_reference(AttentionPattern(exp.num_memory, "dense")))
+    return Case(
+        leaves=(q, k, v),
+        forward=lambda: F.scaled_dot_product_attention(q, k, v),
+        oracle=_reference(AttentionPattern(exp.num_memory, "dense")),
+    )
 
 
 def _build_masked_sdpa(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
@@ -123,8 +125,12 @@ def _build_masked_sdpa(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -
     # Built once per shape and reused, as a model would (and as flex caches its BlockMask): not timed, and
     # its (M+L)^2 bytes are reported as static memory rather than in the step's peak.
     mask = pattern.to_dense(exp.seq_len, device=q.device)  # (M+L, M+L) bool
-    return Case(leaves=(q, k, v), forward=lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
-                oracle=_reference(pattern), static_bytes=mask.numel() * mask.element_size())
+    return Case(
+        leaves=(q, k, v),
+        forward=lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        oracle=_reference(pattern),
+        static_bytes=mask.numel() * mask.element_size(),
+    )
 
 
 def _build_naive_chunk(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
@@ -179,8 +185,11 @@ def _build_gmat(backend: str) -> Callable[[Experiment, bool, BenchConfig], Case]
     def build(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
         q, k, v = _qkv(exp, exp.total_len, requires_grad, cfg.seed)
         pattern = exp.pattern
-        return Case(leaves=(q, k, v), forward=lambda: gmat_attention(q, k, v, pattern, backend=backend),
-                    oracle=_reference(pattern))
+        return Case(
+            leaves=(q, k, v),
+            forward=lambda: gmat_attention(q, k, v, pattern, backend=backend),
+            oracle=_reference(pattern),
+        )
 
     return build
 
@@ -198,14 +207,18 @@ def _build_triton(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Cas
 
 def _build_triton_launch(**launch: int) -> Callable[[Experiment, bool, BenchConfig], Case]:
     """``triton`` with its default launch config changed (e.g. ``num_warps=4``): a tuning variant to compare."""
+
     def build(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
         from gmat.ops.triton_kernels import default_config, triton_attention
 
         q, k, v = _qkv(exp, exp.total_len, requires_grad, cfg.seed)
         pattern = exp.pattern
         config = dataclasses.replace(default_config(exp.head_dim, q.device), **launch)
-        return Case(leaves=(q, k, v), forward=lambda: triton_attention(q, k, v, pattern, config=config),
-                    oracle=_reference(pattern))
+        return Case(
+            leaves=(q, k, v),
+            forward=lambda: triton_attention(q, k, v, pattern, config=config),
+            oracle=_reference(pattern),
+        )
 
     return build
 
@@ -227,8 +240,10 @@ def _triton_supports(exp: Experiment, mode: str) -> str | None:
 
 def _flex_supports(exp: Experiment, mode: str) -> str | None:
     if exp.device != "cuda":
-        return ("CUDA only here: flex has no backward on CPU, and its CPU forward needs an inductor compile "
-                "per shape (~33 s each on this kind of machine)")
+        return (
+            "CUDA only here: flex has no backward on CPU, and its CPU forward needs an inductor compile "
+            "per shape (~33 s each on this kind of machine)"
+        )
     d = exp.head_dim
     if d < 16 or d & (d - 1):
         return f"flex needs a power-of-two head dim >= 16, got D={d}"
@@ -249,8 +264,7 @@ def _build_blocked_proj(exp: Experiment, requires_grad: bool, cfg: BenchConfig) 
         p.requires_grad_(requires_grad)
     pattern = exp.pattern
 
-    def attend(hidden: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor]],
-               backend: str) -> torch.Tensor:
+    def attend(hidden: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor]], backend: str) -> torch.Tensor:
         # (B, M+L, d) -> three (B, H, M+L, D)
         q, k, v = (F.linear(hidden, w, bias).view(b, n, h, dh).transpose(1, 2) for w, bias in weights)
         out = gmat_attention(q, k, v, pattern, backend=backend)  # (B, H, M+L, D)
@@ -260,11 +274,14 @@ def _build_blocked_proj(exp: Experiment, requires_grad: bool, cfg: BenchConfig) 
 
     def oracle(leaves: tuple[torch.Tensor, ...]) -> torch.Tensor:
         dtype = leaves[0].dtype
-        return attend(leaves[0], [(w.detach().to(dtype), bias.detach().to(dtype)) for w, bias in weights],
-                      "reference")
+        return attend(leaves[0], [(w.detach().to(dtype), bias.detach().to(dtype)) for w, bias in weights], "reference")
 
-    return Case(leaves=(x,), forward=lambda: attend(x, weights, "blocked"), oracle=oracle,
-                params=tuple(t for lin in projections for t in lin.parameters()))
+    return Case(
+        leaves=(x,),
+        forward=lambda: attend(x, weights, "blocked"),
+        oracle=oracle,
+        params=tuple(t for lin in projections for t in lin.parameters()),
+    )
 
 
 def _as_budget(exp: Experiment) -> Experiment:
@@ -287,8 +304,9 @@ def _build_hf_longformer(exp: Experiment, requires_grad: bool, cfg: BenchConfig)
     window = exp.key_budget  # LongformerConfig.attention_window is the total (two-sided) window
     b, n, d = exp.batch, exp.total_len, exp.heads * exp.head_dim
     n_pad = _round_up(n, window)  # LongformerModel pads to a multiple of the window; so do we
-    config = LongformerConfig(hidden_size=d, num_attention_heads=exp.heads, attention_window=[window],
-                              attention_probs_dropout_prob=0.0)
+    config = LongformerConfig(
+        hidden_size=d, num_attention_heads=exp.heads, attention_window=[window], attention_probs_dropout_prob=0.0
+    )
     torch.manual_seed(0)
     module = LongformerSelfAttention(config, layer_id=0).to(device=exp.device, dtype=exp.torch_dtype)
     module.requires_grad_(requires_grad)
@@ -302,8 +320,13 @@ def _build_hf_longformer(exp: Experiment, requires_grad: bool, cfg: BenchConfig)
 
     def forward() -> torch.Tensor:
         hidden = F.pad(x, (0, 0, 0, n_pad - n))  # (B, n_pad, d)
-        out = module(hidden, attention_mask=mask, is_index_masked=is_index_masked,
-                     is_index_global_attn=is_index_global, is_global_attn=is_global)[0]
+        out = module(
+            hidden,
+            attention_mask=mask,
+            is_index_masked=is_index_masked,
+            is_index_global_attn=is_index_global,
+            is_global_attn=is_global,
+        )[0]
         return out[:, :n]  # (B, M+L, d)
 
     return Case(leaves=(x,), forward=forward, params=tuple(module.parameters()))
@@ -326,9 +349,14 @@ def _build_hf_bigbird(exp: Experiment, requires_grad: bool, cfg: BenchConfig) ->
     block = _bigbird_block(exp)
     b, n, d = exp.batch, exp.total_len, exp.heads * exp.head_dim
     n_pad = _round_up(n, block)  # BigBirdModel pads to a multiple of the block; so do we
-    config = BigBirdConfig(hidden_size=d, num_attention_heads=exp.heads, block_size=block,
-                           num_random_blocks=cfg.bigbird_random_blocks, attention_type="block_sparse",
-                           max_position_embeddings=max(n_pad, 4096))
+    config = BigBirdConfig(
+        hidden_size=d,
+        num_attention_heads=exp.heads,
+        block_size=block,
+        num_random_blocks=cfg.bigbird_random_blocks,
+        attention_type="block_sparse",
+        max_position_embeddings=max(n_pad, 4096),
+    )
     torch.manual_seed(0)
     module = BigBirdBlockSparseAttention(config).to(device=exp.device, dtype=exp.torch_dtype)
     module.train()  # in eval mode HF draws no random blocks; training is the case being compared
@@ -341,8 +369,14 @@ def _build_hf_bigbird(exp: Experiment, requires_grad: bool, cfg: BenchConfig) ->
 
     def forward() -> torch.Tensor:
         hidden = F.pad(x, (0, 0, 0, n_pad - n))  # (B, n_pad, d)
-        out = module(hidden, band_mask=band_mask, from_mask=from_mask, to_mask=to_mask,
-                     from_blocked_mask=blocked_mask, to_blocked_mask=blocked_mask)[0]
+        out = module(
+            hidden,
+            band_mask=band_mask,
+            from_mask=from_mask,
+            to_mask=to_mask,
+            from_blocked_mask=blocked_mask,
+            to_blocked_mask=blocked_mask,
+        )[0]
         return out[:, :n]
 
     return Case(leaves=(x,), forward=forward, params=tuple(module.parameters()))
@@ -363,31 +397,58 @@ def _bigbird_supports_fn(random_blocks: int) -> Callable[[Experiment, str], str 
 def default_engines(bigbird_random_blocks: int = 3) -> dict[str, Engine]:
     """Return the registry of benchmark engines by name (a fresh dict: callers may add their own)."""
     engines = [
-        Engine("dense_sdpa", "dense SDPA over M+L, no mask", _build_dense_sdpa, exponent=2,
-               canonical=_as_dense, flops_pattern=lambda exp: AttentionPattern(exp.num_memory, "dense")),
+        Engine(
+            "dense_sdpa",
+            "dense SDPA over M+L, no mask",
+            _build_dense_sdpa,
+            exponent=2,
+            canonical=_as_dense,
+            flops_pattern=lambda exp: AttentionPattern(exp.num_memory, "dense"),
+        ),
         Engine("masked_sdpa", "SDPA + dense (M+L)² GMAT mask", _build_masked_sdpa, exponent=2),
-        Engine("naive_chunk_sdpa", "naive chunk reshape + SDPA, NO memory (M=0: a cheaper pattern)",
-               _build_naive_chunk, supports=_naive_supports,
-               flops_pattern=lambda exp: AttentionPattern(0, "chunked", chunk_size=exp.size),
-               note="computes chunks WITHOUT memory (M=0 whatever the row's M): fewer keys per query and no "
-                    "memory rows, so it is not the same work as the GMAT engines; `naive_chunk_mem_sdpa` is the "
-                    "naive path for the same pattern"),
-        Engine("naive_chunk_mem_sdpa", "naive chunk reshape + SDPA with memory keys, + memory rows",
-               _build_naive_chunk_memory, supports=_naive_supports),
+        Engine(
+            "naive_chunk_sdpa",
+            "naive chunk reshape + SDPA, NO memory (M=0: a cheaper pattern)",
+            _build_naive_chunk,
+            supports=_naive_supports,
+            flops_pattern=lambda exp: AttentionPattern(0, "chunked", chunk_size=exp.size),
+            note="computes chunks WITHOUT memory (M=0 whatever the row's M): fewer keys per query and no "
+            "memory rows, so it is not the same work as the GMAT engines; `naive_chunk_mem_sdpa` is the "
+            "naive path for the same pattern",
+        ),
+        Engine(
+            "naive_chunk_mem_sdpa",
+            "naive chunk reshape + SDPA with memory keys, + memory rows",
+            _build_naive_chunk_memory,
+            supports=_naive_supports,
+        ),
         Engine("triton", "gmat triton", _build_triton, supports=_triton_supports),
-        Engine("triton_w4", "gmat triton with num_warps=4 (a launch variant; default 8 on CUDA)",
-               _build_triton_launch(num_warps=4), supports=_triton_supports),
+        Engine(
+            "triton_w4",
+            "gmat triton with num_warps=4 (a launch variant; default 8 on CUDA)",
+            _build_triton_launch(num_warps=4),
+            supports=_triton_supports,
+        ),
         Engine("blocked", "gmat blocked", _build_gmat("blocked")),
         Engine("flex", "gmat flex", _build_gmat("flex"), supports=_flex_supports),
         Engine("blocked_proj", "QKV proj + gmat blocked", _build_blocked_proj),
-        Engine("hf_longformer", "HF LongformerSelfAttention (incl. proj)", _build_hf_longformer,
-               check="sanity", supports=_longformer_supports, canonical=_as_budget,
-               flops_pattern=lambda exp: AttentionPattern(exp.num_memory, "window",
-                                                          window=exp.key_budget // 2)),
-        Engine("hf_bigbird", "HF BigBird block-sparse (incl. proj)", _build_hf_bigbird, check="sanity",
-               supports=_bigbird_supports_fn(bigbird_random_blocks), canonical=_as_budget,
-               flops_pattern=lambda exp: None),
+        Engine(
+            "hf_longformer",
+            "HF LongformerSelfAttention (incl. proj)",
+            _build_hf_longformer,
+            check="sanity",
+            supports=_longformer_supports,
+            canonical=_as_budget,
+            flops_pattern=lambda exp: AttentionPattern(exp.num_memory, "window", window=exp.key_budget // 2),
+        ),
+        Engine(
+            "hf_bigbird",
+            "HF BigBird block-sparse (incl. proj)",
+            _build_hf_bigbird,
+            check="sanity",
+            supports=_bigbird_supports_fn(bigbird_random_blocks),
+            canonical=_as_budget,
+            flops_pattern=lambda exp: None,
+        ),
     ]
     return {e.name: e for e in engines}
-
-

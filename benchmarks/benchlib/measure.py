@@ -30,6 +30,7 @@ from benchlib.engines import Case, Engine
 
 __all__ = ["MemoryMeter", "check_engine", "environment", "has_backward", "is_oom", "loadavg", "time_case"]
 
+
 # ================================================================================================
 # Correctness check
 # ================================================================================================
@@ -57,9 +58,15 @@ def check_engine(engine: Engine, exp: Experiment, cfg: BenchConfig, with_grad: b
         A JSON-ready record with ``passed`` and the errors and tolerances.
     """
     case = engine.build(exp, with_grad, cfg)
-    record: dict[str, Any] = {"engine": engine.name, "seq_len": exp.seq_len, "num_memory": exp.num_memory,
-                              "kind": exp.kind, "size": exp.size, "check": engine.check,
-                              "with_grad": with_grad}
+    record: dict[str, Any] = {
+        "engine": engine.name,
+        "seq_len": exp.seq_len,
+        "num_memory": exp.num_memory,
+        "kind": exp.kind,
+        "size": exp.size,
+        "check": engine.check,
+        "with_grad": with_grad,
+    }
     with torch.set_grad_enabled(with_grad):
         out = case.forward()
     grad_out = torch.randn_like(out, dtype=torch.float32).to(out.dtype)
@@ -69,8 +76,10 @@ def check_engine(engine: Engine, exp: Experiment, cfg: BenchConfig, with_grad: b
     if case.oracle is None:
         expected = (exp.batch, exp.total_len, exp.heads * exp.head_dim)
         record["passed"] = finite and tuple(out.shape) == expected
-        record["note"] = (f"sanity only (different pattern and projections): output shape {tuple(out.shape)} "
-                          f"(expected {expected}), finite={finite}")
+        record["note"] = (
+            f"sanity only (different pattern and projections): output shape {tuple(out.shape)} "
+            f"(expected {expected}), finite={finite}"
+        )
         return record
 
     atol = _tolerance(exp.torch_dtype)
@@ -92,7 +101,8 @@ def check_engine(engine: Engine, exp: Experiment, cfg: BenchConfig, with_grad: b
         grad_tol = 3 * grad_base + atol * grad_scale
         record.update(grad_err=grad_err, grad_tol=grad_tol, passed=record["passed"] and grad_err <= grad_tol)
     record["note"] = f"vs reference oracle: fwd err {fwd_err:.2e} (tol {fwd_tol:.2e})" + (
-        f", grad err {record['grad_err']:.2e} (tol {record['grad_tol']:.2e})" if with_grad else "")
+        f", grad err {record['grad_err']:.2e} (tol {record['grad_tol']:.2e})" if with_grad else ""
+    )
     return record
 
 
@@ -196,12 +206,20 @@ def time_case(case: Case, mode: str, cfg: BenchConfig, meter: MemoryMeter, warmu
         if peak is not None:
             peaks.append(peak)
         total = sum(times)
-        if (len(times) >= cfg.max_repeats or total >= cfg.repeat_budget_s
-                or (len(times) >= cfg.min_repeats and total >= cfg.min_time_s)):
+        if (
+            len(times) >= cfg.max_repeats
+            or total >= cfg.repeat_budget_s
+            or (len(times) >= cfg.min_repeats and total >= cfg.min_time_s)
+        ):
             break
-    return {"time_ms": 1e3 * statistics.median(times), "time_ms_min": 1e3 * min(times), "repeats": len(times),
-            "warmup": warmup, "peak_mb": max(peaks) / 2**20 if peaks else None,
-            "static_mb": case.static_bytes / 2**20}
+    return {
+        "time_ms": 1e3 * statistics.median(times),
+        "time_ms_min": 1e3 * min(times),
+        "repeats": len(times),
+        "warmup": warmup,
+        "peak_mb": max(peaks) / 2**20 if peaks else None,
+        "static_mb": case.static_bytes / 2**20,
+    }
 
 
 def is_oom(err: BaseException) -> bool:
@@ -215,10 +233,16 @@ def is_oom(err: BaseException) -> bool:
 def _git_sha() -> str | None:
     root = Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("-dirty" if dirty else "")
@@ -259,12 +283,18 @@ def environment(device: str) -> dict[str, Any]:
         env["ram_gib"] = round(total / 2**30, 1)
     if device == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   gpu_capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda)
+        env.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            gpu_capability=f"{props.major}.{props.minor}",
+            cuda=torch.version.cuda,
+        )
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             env["gpu_driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                text=True, timeout=20, check=True).stdout.strip()
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout.strip()
     return env
-
-

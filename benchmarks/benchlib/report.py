@@ -11,10 +11,14 @@ from benchlib.config import SweepSpec, to_tuple
 
 __all__ = ["add_speedups", "markdown", "plot", "render"]
 
+
 def add_speedups(results: list[dict[str, Any]]) -> None:
     """Add ``speedup_vs_dense`` (dense SDPA's time over the row's, same L, M and mode) to every ok row."""
-    dense = {(r["seq_len"], r["num_memory"], r["mode"]): r["time_ms"]
-             for r in results if r["engine"] == "dense_sdpa" and r["status"] == "ok"}
+    dense = {
+        (r["seq_len"], r["num_memory"], r["mode"]): r["time_ms"]
+        for r in results
+        if r["engine"] == "dense_sdpa" and r["status"] == "ok"
+    }
     for r in results:
         base = dense.get((r["seq_len"], r["num_memory"], r["mode"]))
         if r["status"] == "ok" and base is not None:
@@ -53,10 +57,13 @@ def merged_sweeps(sweeps: list[dict[str, Any]]) -> list[SweepSpec]:
         spec = SweepSpec(**{k: to_tuple(v) for k, v in raw.items()})
         if spec.name in merged:
             old = merged[spec.name]
-            spec = SweepSpec(name=spec.name, kind=old.kind,
-                             seq_lens=tuple(sorted(set(old.seq_lens) | set(spec.seq_lens))),
-                             num_memory=tuple(sorted(set(old.num_memory) | set(spec.num_memory))),
-                             sizes=tuple(sorted(set(old.sizes) | set(spec.sizes))))
+            spec = SweepSpec(
+                name=spec.name,
+                kind=old.kind,
+                seq_lens=tuple(sorted(set(old.seq_lens) | set(spec.seq_lens))),
+                num_memory=tuple(sorted(set(old.num_memory) | set(spec.num_memory))),
+                sizes=tuple(sorted(set(old.sizes) | set(spec.sizes))),
+            )
         merged[spec.name] = spec
     return list(merged.values())
 
@@ -69,55 +76,70 @@ def markdown(payload: dict[str, Any]) -> str:
     """Render the report: environment, checks, one time and one memory table per sweep and mode."""
     env, cfg = payload["environment"], payload["config"]
     hw = env.get("gpu") or f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads)"
-    lines = [f"# Attention benchmark `{cfg['name']}`", "",
-             f"- hardware: {hw}"
-             + (f", driver {env.get('gpu_driver')}, CUDA {env.get('cuda')}" if env.get("gpu") else "")
-             + (f", {env['ram_gib']} GiB RAM" if env.get("ram_gib") else ""),
-             f"- software: torch {env['torch']}, transformers {env.get('transformers')}, "
-             f"Python {env['python']}, "
-             f"git {env.get('git_sha')}",
-             f"- run: {env['utc']}, {env.get('wall_s')} s, load average at start {env.get('loadavg_start')}, "
-             f"at end {env.get('loadavg_end')}",
-             f"- shapes: B={cfg['batch']} H={cfg['heads']} D={cfg['head_dim']}, "
-             f"{cfg['dtype']} on {cfg['device']}",
-             f"- command: `{payload.get('command')}`", "",
-             "Time: median of timed steps in ms, (×) = speed-up over dense SDPA at the same L, M and mode. "
-             "Peak memory: MB allocated by one step above what was held before it (inputs and weights "
-             "excluded; `+N mask` = the dense mask masked SDPA keeps between steps). "
-             "HF modules and `blocked_proj` include their Q/K/V projections; the other engines start from "
-             "q/k/v.", "", "## Correctness checks (before timing)", "",
-             "| engine | L | M | pattern | check | result |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Attention benchmark `{cfg['name']}`",
+        "",
+        f"- hardware: {hw}"
+        + (f", driver {env.get('gpu_driver')}, CUDA {env.get('cuda')}" if env.get("gpu") else "")
+        + (f", {env['ram_gib']} GiB RAM" if env.get("ram_gib") else ""),
+        f"- software: torch {env['torch']}, transformers {env.get('transformers')}, "
+        f"Python {env['python']}, "
+        f"git {env.get('git_sha')}",
+        f"- run: {env['utc']}, {env.get('wall_s')} s, load average at start {env.get('loadavg_start')}, "
+        f"at end {env.get('loadavg_end')}",
+        f"- shapes: B={cfg['batch']} H={cfg['heads']} D={cfg['head_dim']}, {cfg['dtype']} on {cfg['device']}",
+        f"- command: `{payload.get('command')}`",
+        "",
+        "Time: median of timed steps in ms, (×) = speed-up over dense SDPA at the same L, M and mode. "
+        "Peak memory: MB allocated by one step above what was held before it (inputs and weights "
+        "excluded; `+N mask` = the dense mask masked SDPA keeps between steps). "
+        "HF modules and `blocked_proj` include their Q/K/V projections; the other engines start from "
+        "q/k/v.",
+        "",
+        "## Correctness checks (before timing)",
+        "",
+        "| engine | L | M | pattern | check | result |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in payload["checks"]:
-        lines.append(f"| {c['engine']} | {c.get('seq_len', '')} | {c.get('num_memory', '')} | "
-                     f"{c.get('kind', '')} {c.get('size', '')} | {c.get('check', '')} | "
-                     f"{'pass' if c['passed'] else 'FAIL'}: {c.get('note', '')} |")
+        lines.append(
+            f"| {c['engine']} | {c.get('seq_len', '')} | {c.get('num_memory', '')} | "
+            f"{c.get('kind', '')} {c.get('size', '')} | {c.get('check', '')} | "
+            f"{'pass' if c['passed'] else 'FAIL'}: {c.get('note', '')} |"
+        )
     results = payload["results"]
     for spec in merged_sweeps(cfg["sweeps"]):
         rows = [r for r in results if r["sweep"] == spec.name]
         engines = list(dict.fromkeys(r["engine"] for r in rows))
         engine_notes = {r["engine"]: r["note"] for r in rows if r.get("note")}
-        headers = [f"{name} (no memory)" if name == "naive_chunk_sdpa" and name in engine_notes else name
-                   for name in engines]
+        headers = [
+            f"{name} (no memory)" if name == "naive_chunk_sdpa" and name in engine_notes else name for name in engines
+        ]
         axis = spec.axis
         values = sorted({r[axis] for r in rows})
         for mode in cfg["modes"]:
             for metric, title in (("time", "time ms"), ("memory", "peak MB")):
-                lines += ["", f"## {spec.name}: {spec.kind}, {mode}, {title}", "",
-                          f"L={list(spec.seq_lens)}, M={list(spec.num_memory)}, "
-                          f"{'C' if spec.kind == 'chunked' else 'w'}={list(spec.sizes)}", "",
-                          f"| {_axis_label(axis)} | " + " | ".join(headers) + " |",
-                          "|---" * (len(engines) + 1) + "|"]
+                lines += [
+                    "",
+                    f"## {spec.name}: {spec.kind}, {mode}, {title}",
+                    "",
+                    f"L={list(spec.seq_lens)}, M={list(spec.num_memory)}, "
+                    f"{'C' if spec.kind == 'chunked' else 'w'}={list(spec.sizes)}",
+                    "",
+                    f"| {_axis_label(axis)} | " + " | ".join(headers) + " |",
+                    "|---" * (len(engines) + 1) + "|",
+                ]
                 for value in values:
                     cells = []
                     for name in engines:
-                        match = [r for r in rows
-                                 if r["engine"] == name and r["mode"] == mode and r[axis] == value]
+                        match = [r for r in rows if r["engine"] == name and r["mode"] == mode and r[axis] == value]
                         cells.append(_cell(match[0] if match else None, metric))
                     lines.append(f"| {value} | " + " | ".join(cells) + " |")
         if engine_notes:
             lines += [""] + [f"Note: `{name}` {note}." for name, note in engine_notes.items()]
-        notes = sorted({(r["engine"], r["status"], r["reason"]) for r in rows
-                        if r["status"] != "ok" and r.get("reason")})
+        notes = sorted(
+            {(r["engine"], r["status"], r["reason"]) for r in rows if r["status"] != "ok" and r.get("reason")}
+        )
         if notes:
             lines += ["", f"Not measured in `{spec.name}`:", ""]
             lines += [f"- `{engine}` {status}: {reason}" for engine, status, reason in notes]
@@ -143,23 +165,25 @@ def plot(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
         for name in dict.fromkeys(r["engine"] for r in rows):
             colour = colours.setdefault(name, cmap(len(colours) % 10))
             for mode, style in (("fwd_bwd", "-"), ("fwd", "--")):
-                pts = sorted((r["seq_len"], r["time_ms"], r["peak_mb"]) for r in rows
-                             if r["engine"] == name and r["mode"] == mode
-                             and r["num_memory"] == sweep["num_memory"][0] and r["size"] == sweep["sizes"][0])
+                pts = sorted(
+                    (r["seq_len"], r["time_ms"], r["peak_mb"])
+                    for r in rows
+                    if r["engine"] == name
+                    and r["mode"] == mode
+                    and r["num_memory"] == sweep["num_memory"][0]
+                    and r["size"] == sweep["sizes"][0]
+                )
                 if not pts:
                     continue
                 label = name if mode == "fwd_bwd" or "fwd_bwd" not in payload["config"]["modes"] else None
                 if label == "naive_chunk_sdpa" and rows and any(r.get("note") for r in rows if r["engine"] == name):
                     label += " (no memory)"
-                row[0].plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=colour,
-                            label=label)
+                row[0].plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=colour, label=label)
                 mem = [p for p in pts if p[2]]
                 if mem:
-                    row[1].plot([p[0] for p in mem], [p[2] for p in mem], style, marker="o", color=colour,
-                                label=label)
+                    row[1].plot([p[0] for p in mem], [p[2] for p in mem], style, marker="o", color=colour, label=label)
         size_name = "C" if sweep["kind"] == "chunked" else "w"
-        title = (f"{sweep['name']}: {sweep['kind']} {size_name}={sweep['sizes'][0]}, "
-                 f"M={sweep['num_memory'][0]}")
+        title = f"{sweep['name']}: {sweep['kind']} {size_name}={sweep['sizes'][0]}, M={sweep['num_memory'][0]}"
         for ax, ylabel in zip(row, ("time per step (ms)", "peak memory of a step (MB)")):
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
@@ -170,11 +194,13 @@ def plot(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
         row[0].legend(fontsize=7)
     env = payload["environment"]
     hw = env.get("gpu") or f"{env['cpu']}, {env['cpu_count']} cores"
-    fig.suptitle(f"GMAT attention benchmark — {hw}, {cfg['dtype']}, B={cfg['batch']} H={cfg['heads']} "
-                 f"D={cfg['head_dim']} (solid: forward+backward, dashed: forward)", fontsize=11)
+    fig.suptitle(
+        f"GMAT attention benchmark — {hw}, {cfg['dtype']}, B={cfg['batch']} H={cfg['heads']} "
+        f"D={cfg['head_dim']} (solid: forward+backward, dashed: forward)",
+        fontsize=11,
+    )
     height = fig.get_figheight()  # fixed margins in inches: tight_layout costs seconds on a busy CPU
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.6 / height, top=1 - 0.75 / height, wspace=0.22,
-                        hspace=0.45)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.6 / height, top=1 - 0.75 / height, wspace=0.22, hspace=0.45)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -189,5 +215,3 @@ def render(payload: dict[str, Any], out_dir: str | os.PathLike[str]) -> list[Pat
     md_path.write_text(markdown(payload), encoding="utf-8")
     plot(payload, png_path)
     return [md_path, png_path]
-
-

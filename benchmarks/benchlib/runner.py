@@ -22,6 +22,7 @@ __all__ = ["run_benchmark"]
 
 logger = logging.getLogger(__name__)
 
+
 def _points(cfg: BenchConfig) -> list[tuple[SweepSpec, Experiment]]:
     """All points, sweep by sweep; within a sweep L ascending so smaller points predict larger ones."""
     points = []
@@ -30,18 +31,32 @@ def _points(cfg: BenchConfig) -> list[tuple[SweepSpec, Experiment]]:
             for m in sweep.num_memory:
                 for size in sweep.sizes:
                     for name in sweep.engines or cfg.engines:
-                        points.append((sweep, Experiment(
-                            engine=name, seq_len=seq_len, num_memory=m, kind=sweep.kind, size=size,
-                            batch=cfg.batch, heads=cfg.heads, head_dim=cfg.head_dim, dtype=cfg.dtype,
-                            device=cfg.device)))
+                        points.append(
+                            (
+                                sweep,
+                                Experiment(
+                                    engine=name,
+                                    seq_len=seq_len,
+                                    num_memory=m,
+                                    kind=sweep.kind,
+                                    size=size,
+                                    batch=cfg.batch,
+                                    heads=cfg.heads,
+                                    head_dim=cfg.head_dim,
+                                    dtype=cfg.dtype,
+                                    device=cfg.device,
+                                ),
+                            )
+                        )
     return points
 
 
 class _Runner:
     """Holds the state of one run: measured points, checks, budget bookkeeping."""
 
-    def __init__(self, cfg: BenchConfig, engines: Mapping[str, Engine], json_path: Path | None,
-                 payload: dict[str, Any]) -> None:
+    def __init__(
+        self, cfg: BenchConfig, engines: Mapping[str, Engine], json_path: Path | None, payload: dict[str, Any]
+    ) -> None:
         self.cfg = cfg
         self.engines = engines
         self.json_path = json_path
@@ -74,13 +89,28 @@ class _Runner:
                 record = check_engine(engine, small, self.cfg, with_grad)
             except Exception as err:  # noqa: BLE001 - a failing engine is a result, not a crash
                 logger.exception("check of %s failed to run", engine.name)
-                record = {"engine": engine.name, "seq_len": small.seq_len, "num_memory": small.num_memory,
-                          "kind": small.kind, "size": small.size, "check": engine.check, "passed": False,
-                          "note": f"raised {type(err).__name__}: {err}"}
+                record = {
+                    "engine": engine.name,
+                    "seq_len": small.seq_len,
+                    "num_memory": small.num_memory,
+                    "kind": small.kind,
+                    "size": small.size,
+                    "check": engine.check,
+                    "passed": False,
+                    "note": f"raised {type(err).__name__}: {err}",
+                }
             record["label"] = engine.label
             log = logger.info if record["passed"] else logger.error
-            log("check %-17s L=%d M=%d %s %d: %s — %s", engine.name, small.seq_len, small.num_memory,
-                small.kind, small.size, "PASS" if record["passed"] else "FAIL", record.get("note", ""))
+            log(
+                "check %-17s L=%d M=%d %s %d: %s — %s",
+                engine.name,
+                small.seq_len,
+                small.num_memory,
+                small.kind,
+                small.size,
+                "PASS" if record["passed"] else "FAIL",
+                record.get("note", ""),
+            )
             self.checks[key] = record
             self.payload["checks"].append(record)
             self.save()
@@ -89,8 +119,11 @@ class _Runner:
     # ---- budget -----------------------------------------------------------------------------------
     def _budget_reason(self, engine: Engine, exp: Experiment, mode: str) -> str | None:
         """Why a point is predicted to be over budget, from the largest smaller L of the same engine/mode."""
-        smaller = [(key, res) for key, res in self.measured.items()
-                   if key[0].engine == exp.engine and key[1] == mode and key[0].seq_len <= exp.seq_len]
+        smaller = [
+            (key, res)
+            for key, res in self.measured.items()
+            if key[0].engine == exp.engine and key[1] == mode and key[0].seq_len <= exp.seq_len
+        ]
         for key, res in smaller:
             if res["status"] == "skipped" and res.get("over_budget"):
                 return f"already over budget at L={key[0].seq_len} (<= this L)"
@@ -101,26 +134,40 @@ class _Runner:
         ratio = (exp.total_len / key[0].total_len) ** engine.exponent
         predicted_s = res["time_ms"] / 1e3 * ratio
         if predicted_s > self.cfg.max_step_s:
-            return (f"predicted {predicted_s:.1f} s per step (from L={key[0].seq_len}) > "
-                    f"max_step_s={self.cfg.max_step_s:g}")
+            return (
+                f"predicted {predicted_s:.1f} s per step (from L={key[0].seq_len}) > max_step_s={self.cfg.max_step_s:g}"
+            )
         free = self.meter.free_bytes()
         if res.get("peak_mb") is not None and free is not None:
             predicted_b = res["peak_mb"] * 2**20 * ratio
             if predicted_b > self.cfg.memory_fraction * free:
-                return (f"predicted peak {predicted_b / 2**30:.1f} GiB (from L={key[0].seq_len}) > "
-                        f"{self.cfg.memory_fraction:g} x free {free / 2**30:.1f} GiB")
+                return (
+                    f"predicted peak {predicted_b / 2**30:.1f} GiB (from L={key[0].seq_len}) > "
+                    f"{self.cfg.memory_fraction:g} x free {free / 2**30:.1f} GiB"
+                )
         return None
 
     def _warmup_for(self, exp: Experiment) -> int:
-        slow = any(res["status"] == "ok" and res["time_ms"] / 1e3 > self.cfg.slow_step_s
-                   for key, res in self.measured.items() if key[0].engine == exp.engine)
+        slow = any(
+            res["status"] == "ok" and res["time_ms"] / 1e3 > self.cfg.slow_step_s
+            for key, res in self.measured.items()
+            if key[0].engine == exp.engine
+        )
         return 0 if slow else self.cfg.warmup
 
     # ---- one point --------------------------------------------------------------------------------
     def measure(self, sweep: SweepSpec, exp: Experiment, mode: str) -> dict[str, Any]:
         engine = self.engines[exp.engine]
-        base = {"sweep": sweep.name, "engine": exp.engine, "label": engine.label, "seq_len": exp.seq_len,
-                "num_memory": exp.num_memory, "kind": exp.kind, "size": exp.size, "mode": mode}
+        base = {
+            "sweep": sweep.name,
+            "engine": exp.engine,
+            "label": engine.label,
+            "seq_len": exp.seq_len,
+            "num_memory": exp.num_memory,
+            "kind": exp.kind,
+            "size": exp.size,
+            "mode": mode,
+        }
         if engine.note:
             base["note"] = engine.note
         reason = engine.supports(exp, mode)
@@ -131,12 +178,10 @@ class _Runner:
             return {**base, **self.measured[key], "reused": True}
         if self.cfg.deadline_s is not None and time.perf_counter() - self.start > self.cfg.deadline_s:
             # Not stored in ``measured``: a deadline says nothing about the point itself.
-            return {**base, "status": "skipped",
-                    "reason": f"run deadline of {self.cfg.deadline_s:g} s reached"}
+            return {**base, "status": "skipped", "reason": f"run deadline of {self.cfg.deadline_s:g} s reached"}
         check = self.check(engine, exp, sweep)
         if not check["passed"]:
-            result = {"status": "check_failed",
-                      "reason": f"correctness check failed: {check.get('note', '')}"}
+            result = {"status": "check_failed", "reason": f"correctness check failed: {check.get('note', '')}"}
         else:
             result = self._run(engine, exp, mode)
         self.measured[key] = result
@@ -154,8 +199,11 @@ class _Runner:
             if not is_oom(err):
                 logger.exception("%s failed at L=%d", engine.name, exp.seq_len)
                 return {"status": "error", "reason": f"{type(err).__name__}: {str(err)[:300]}"}
-            result = {"status": "skipped", "reason": f"out of memory: {str(err).splitlines()[0][:200]}",
-                      "over_budget": True}
+            result = {
+                "status": "skipped",
+                "reason": f"out of memory: {str(err).splitlines()[0][:200]}",
+                "over_budget": True,
+            }
         finally:
             del case
             if self.cfg.device == "cuda":
@@ -167,9 +215,13 @@ class _Runner:
         return result
 
 
-def run_benchmark(cfg: BenchConfig, out_dir: str | os.PathLike[str] | None = None,
-                  engines: Mapping[str, Engine] | None = None, command: str | None = None,
-                  on_point: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_benchmark(
+    cfg: BenchConfig,
+    out_dir: str | os.PathLike[str] | None = None,
+    engines: Mapping[str, Engine] | None = None,
+    command: str | None = None,
+    on_point: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run every sweep of ``cfg``; write JSON (after every point), markdown and PNG into ``out_dir``.
 
     Args:
@@ -192,8 +244,13 @@ def run_benchmark(cfg: BenchConfig, out_dir: str | os.PathLike[str] | None = Non
         raise ValueError(f"unknown engines {unknown}; known: {sorted(engines)}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch.cuda.is_available() is False")
-    payload: dict[str, Any] = {"environment": environment(cfg.device), "command": command,
-                               "config": dataclasses.asdict(cfg), "checks": [], "results": []}
+    payload: dict[str, Any] = {
+        "environment": environment(cfg.device),
+        "command": command,
+        "config": dataclasses.asdict(cfg),
+        "checks": [],
+        "results": [],
+    }
     json_path = None
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -204,14 +261,29 @@ def run_benchmark(cfg: BenchConfig, out_dir: str | os.PathLike[str] | None = Non
             record = runner.measure(sweep, exp, mode)
             payload["results"].append(record)
             if record["status"] == "ok":
-                logger.info("%-8s %-17s L=%-6d M=%-4d %s %-4d %-7s %9.2f ms  peak %s MB%s", sweep.name,
-                            exp.engine, exp.seq_len, exp.num_memory, exp.kind, exp.size, mode,
-                            record["time_ms"],
-                            "n/a" if record["peak_mb"] is None else f"{record['peak_mb']:.0f}",
-                            " (reused)" if record.get("reused") else "")
+                logger.info(
+                    "%-8s %-17s L=%-6d M=%-4d %s %-4d %-7s %9.2f ms  peak %s MB%s",
+                    sweep.name,
+                    exp.engine,
+                    exp.seq_len,
+                    exp.num_memory,
+                    exp.kind,
+                    exp.size,
+                    mode,
+                    record["time_ms"],
+                    "n/a" if record["peak_mb"] is None else f"{record['peak_mb']:.0f}",
+                    " (reused)" if record.get("reused") else "",
+                )
             elif not record.get("reused"):
-                logger.info("%-8s %-17s L=%-6d %-7s %s: %s", sweep.name, exp.engine, exp.seq_len, mode,
-                            record["status"], record["reason"])
+                logger.info(
+                    "%-8s %-17s L=%-6d %-7s %s: %s",
+                    sweep.name,
+                    exp.engine,
+                    exp.seq_len,
+                    mode,
+                    record["status"],
+                    record["reason"],
+                )
             runner.save()
             if on_point is not None:
                 on_point(payload)

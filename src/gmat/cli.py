@@ -32,10 +32,18 @@ _SUBCOMMANDS = {
 
 # (command, word) -> (module, add-arguments function, run function, help)
 _NESTED = {
-    ("eval", "mlm"): ("gmat.commands.evaluate", "add_mlm_arguments", "run_mlm",
-                      "masked-LM loss / perplexity / accuracy of any saved model on any corpus"),
-    ("eval", "rc"): ("gmat.commands.evaluate", "add_rc_arguments", "run_rc",
-                     "score a QA model on a SQuAD-format file (EM/F1 overall and by answer distance)"),
+    ("eval", "mlm"): (
+        "gmat.commands.evaluate",
+        "add_mlm_arguments",
+        "run_mlm",
+        "masked-LM loss / perplexity / accuracy of any saved model on any corpus",
+    ),
+    ("eval", "rc"): (
+        "gmat.commands.evaluate",
+        "add_rc_arguments",
+        "run_rc",
+        "score a QA model on a SQuAD-format file (EM/F1 overall and by answer distance)",
+    ),
 }
 
 
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     position = argv.index(command) if command is not None else -1
     key = (command, argv[position + 1]) if command is not None and position + 1 < len(argv) else None
     if key in _NESTED:
-        args = build_nested_parser(key).parse_args(argv[:position] + argv[position + 2:])
+        args = build_nested_parser(key).parse_args(argv[:position] + argv[position + 2 :])
     else:
         args = build_parser(command).parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")

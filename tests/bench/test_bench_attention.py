@@ -21,16 +21,39 @@ CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "configs"
 # Tiny shapes: every engine (flex excepted on CPU) runs in a few milliseconds per point.
 TINY_SWEEPS = (
     SweepSpec(name="L-chunked", kind="chunked", seq_lens=(256,), num_memory=(4,), sizes=(128,)),
-    SweepSpec(name="L-window", kind="window", seq_lens=(256,), num_memory=(4,), sizes=(64,),
-              engines=("dense_sdpa", "naive_chunk_sdpa", "blocked", "hf_longformer")),
-    SweepSpec(name="M-sweep", kind="chunked", seq_lens=(256,), num_memory=(0, 4), sizes=(128,),
-              engines=("blocked", "dense_sdpa", "naive_chunk_mem_sdpa")),
+    SweepSpec(
+        name="L-window",
+        kind="window",
+        seq_lens=(256,),
+        num_memory=(4,),
+        sizes=(64,),
+        engines=("dense_sdpa", "naive_chunk_sdpa", "blocked", "hf_longformer"),
+    ),
+    SweepSpec(
+        name="M-sweep",
+        kind="chunked",
+        seq_lens=(256,),
+        num_memory=(0, 4),
+        sizes=(128,),
+        engines=("blocked", "dense_sdpa", "naive_chunk_mem_sdpa"),
+    ),
 )
 
 
 def tiny_config(**overrides: object) -> BenchConfig:
-    base = BenchConfig(name="tiny", batch=1, heads=2, head_dim=16, sweeps=TINY_SWEEPS, check_seq_len=256,
-                       warmup=0, min_repeats=1, max_repeats=1, min_time_s=0.0, repeat_budget_s=0.0)
+    base = BenchConfig(
+        name="tiny",
+        batch=1,
+        heads=2,
+        head_dim=16,
+        sweeps=TINY_SWEEPS,
+        check_seq_len=256,
+        warmup=0,
+        min_repeats=1,
+        max_repeats=1,
+        min_time_s=0.0,
+        repeat_budget_s=0.0,
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -48,10 +71,17 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
         assert checks[name]["check"] == "reference" and checks[name]["with_grad"]
     assert checks["hf_longformer"]["check"] == checks["hf_bigbird"]["check"] == "sanity"
 
-    by_key = {(r["sweep"], r["engine"], r["seq_len"], r["num_memory"], r["mode"]): r
-              for r in payload["results"]}
-    for engine in ("dense_sdpa", "masked_sdpa", "naive_chunk_sdpa", "naive_chunk_mem_sdpa", "blocked",
-                   "blocked_proj", "hf_longformer", "hf_bigbird"):
+    by_key = {(r["sweep"], r["engine"], r["seq_len"], r["num_memory"], r["mode"]): r for r in payload["results"]}
+    for engine in (
+        "dense_sdpa",
+        "masked_sdpa",
+        "naive_chunk_sdpa",
+        "naive_chunk_mem_sdpa",
+        "blocked",
+        "blocked_proj",
+        "hf_longformer",
+        "hf_bigbird",
+    ):
         for mode in ("fwd", "fwd_bwd"):
             r = by_key[("L-chunked", engine, 256, 4, mode)]
             assert r["status"] == "ok", r
@@ -105,8 +135,9 @@ def _wrong_build(exp, requires_grad, cfg):  # noqa: ANN001, ANN202 - a deliberat
     case = default_engines()["blocked"].build(exp, requires_grad, cfg)
     q, k, v = case.leaves
     wrong = dataclasses.replace(exp.pattern, chunk_size=exp.size * 2)  # twice the chunk: wrong keys
-    return Case(leaves=case.leaves, oracle=case.oracle,
-                forward=lambda: gmat_attention(q, k, v, wrong, backend="blocked"))
+    return Case(
+        leaves=case.leaves, oracle=case.oracle, forward=lambda: gmat_attention(q, k, v, wrong, backend="blocked")
+    )
 
 
 def test_check_catches_a_wrong_engine(tmp_path: Path) -> None:
@@ -139,16 +170,18 @@ def test_configs_load_and_start_with_their_command(name: str) -> None:
     cfg = load_config(CONFIGS / name)
     assert cfg.sweeps and set(cfg.engines) <= set(default_engines())
     first = (CONFIGS / name).read_text().splitlines()[0]
-    assert first.startswith("# ") and ("gmat bench attention" in first or "bench_attention.py" in first
-                                       or "gpu_pack.sh" in first)
+    assert first.startswith("# ") and (
+        "gmat bench attention" in first or "bench_attention.py" in first or "gpu_pack.sh" in first
+    )
 
 
 def test_unknown_config_keys_raise() -> None:
     with pytest.raises(ValueError, match="unknown benchmark config keys"):
         config_from_dict({"nmae": "x"})
     with pytest.raises(ValueError, match="unknown sweep keys"):
-        config_from_dict({"sweeps": [{"name": "a", "kind": "chunked", "seq_lens": [8], "num_memory": [0],
-                                      "sizes": [4], "chunk": 4}]})
+        config_from_dict(
+            {"sweeps": [{"name": "a", "kind": "chunked", "seq_lens": [8], "num_memory": [0], "sizes": [4], "chunk": 4}]}
+        )
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
@@ -170,9 +203,9 @@ def test_cli_runs_a_config(tmp_path: Path) -> None:
         "name: cli\nheads: 2\nhead_dim: 16\nengines: [blocked, dense_sdpa]\nmodes: [fwd]\n"
         "check_seq_len: 256\n"
         "warmup: 0\nmin_repeats: 1\nmax_repeats: 1\nmin_time_s: 0\nrepeat_budget_s: 0\n"
-        "sweeps:\n  - {name: s, kind: window, seq_lens: [256], num_memory: [2], sizes: [16]}\n")
+        "sweeps:\n  - {name: s, kind: window, seq_lens: [256], num_memory: [2], sizes: [16]}\n"
+    )
     assert main(["--config", str(config), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "cli-attention.md").exists()
-    assert main(["--from-json", str(tmp_path / "out" / "cli-attention.json"),
-                 "--out", str(tmp_path / "again")]) == 0
+    assert main(["--from-json", str(tmp_path / "out" / "cli-attention.json"), "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "cli-attention.png").exists()

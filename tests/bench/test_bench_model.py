@@ -53,8 +53,28 @@ def test_rows_are_written_as_they_finish(bench, tmp_path: Path, monkeypatch) -> 
         return real_measure(engine, args)
 
     monkeypatch.setattr(bench, "measure", measure_then_die)
-    argv = ["--device", "cpu", "--dtype", "fp32", "--layers", "1", "--hidden", "32", "--heads", "2", "--length", "128",
-            "--chunk", "64", "--num-memory", "4", "--warmup", "0", "--steps", "1"]
+    argv = [
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--layers",
+        "1",
+        "--hidden",
+        "32",
+        "--heads",
+        "2",
+        "--length",
+        "128",
+        "--chunk",
+        "64",
+        "--num-memory",
+        "4",
+        "--warmup",
+        "0",
+        "--steps",
+        "1",
+    ]
     with pytest.raises(KeyboardInterrupt):
         bench.main([*argv, "--engines", "gmat_blocked,bert_sdpa", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "model-step.json").read_text())["rows"]

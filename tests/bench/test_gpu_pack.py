@@ -33,8 +33,14 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pack") / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)  # the script puts ./src first itself
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_pack.sh"), "--dry-run"], env=env, cwd="/",
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_pack.sh"), "--dry-run"],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
 
@@ -54,7 +60,8 @@ def test_dry_run_schema(dry_run: Path) -> None:
     state = json.loads((dry_run / "gpu-pack.json").read_text())
     assert state["pack"]["dry_run"] is True
     assert {name: s["status"] for name, s in state["steps"].items()} == dict.fromkeys(
-        ("env", "correctness", "ops", "model"), "done")
+        ("env", "correctness", "ops", "model"), "done"
+    )
     env = state["environment"]
     assert env["torch"] and env["triton"] and env["git_sha"] and env["GMAT_GIT_SHA"]
 
@@ -65,8 +72,9 @@ def test_dry_run_schema(dry_run: Path) -> None:
         by[(r["backend"], r["dtype"])].append(r)
     for key in (("triton", "float32"), ("blocked", "float32"), ("triton", "bfloat16")):
         assert by[key] and all(r["status"] == "ok" and r["finite"] for r in by[key]), by[key]
-        assert all(set(r["errors"]) == {"out", "dq", "dk", "dv"} and max(r["errors"].values()) <= r["tol"]
-                   for r in by[key])
+        assert all(
+            set(r["errors"]) == {"out", "dq", "dk", "dv"} and max(r["errors"].values()) <= r["tol"] for r in by[key]
+        )
     assert any("nan" in r["case"] for r in by[("triton", "float32")])  # NaN-filled padding is a case
     assert all(r["status"] == "skipped" and "CUDA" in r["reason"] for r in by[("flex", "float32")])
 
@@ -141,9 +149,14 @@ def test_one_failing_case_does_not_end_the_correctness_step(pack, tmp_path: Path
 
 def test_a_failed_or_killed_step_is_recorded_and_rendered(pack, tmp_path: Path, monkeypatch) -> None:
     def crash(p, args):  # noqa: ANN001, ANN202
-        p.state["model"] = {"describe": "tiny", "args": [], "rows": [
-            {"engine": "bert_sdpa", "length": 128, "tokens_per_s": 1000.0, "step_ms": 128.0, "loss": 10.0},
-            {"engine": "gmat_triton", "length": 128, "skipped": "why"}]}
+        p.state["model"] = {
+            "describe": "tiny",
+            "args": [],
+            "rows": [
+                {"engine": "bert_sdpa", "length": 128, "tokens_per_s": 1000.0, "step_ms": 128.0, "loss": 10.0},
+                {"engine": "gmat_triton", "length": 128, "skipped": "why"},
+            ],
+        }
         p.save()
         raise RuntimeError("boom")
 
@@ -176,8 +189,14 @@ def test_gpu_tests_run_without_an_install() -> None:
     assert rule.group(2).strip() == "PYTHONPATH=src $(PYTHON) -m pytest -m gpu tests/ops"
     assert re.search(r"^gpu-pack:(?![^\n]*setup)", makefile, flags=re.M)
     env = {**os.environ, "PYTHONPATH": "src"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "tests/ops",
-                           "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "tests/ops", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     collected = re.search(r"(\d+)(?:/\d+)? tests? (?:collected|selected)", done.stdout)
     assert collected and int(collected.group(1)) > 0, done.stdout[-500:]

@@ -106,9 +106,7 @@ def test_token_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, tok
         raise AssertionError("a cache hit must not tokenise again")
 
     monkeypatch.setattr(tokenizer, "encode_batch", boom)
-    assert (
-        build_token_cache(src, tmp_path / "cache", tokenizer=tokenizer, progress=False).folder == first.folder
-    )
+    assert build_token_cache(src, tmp_path / "cache", tokenizer=tokenizer, progress=False).folder == first.folder
     monkeypatch.undo()
     write_jsonl(src, DOCS[:2])
     second = build_token_cache(src, tmp_path / "cache", tokenizer=tokenizer, progress=False)

@@ -72,9 +72,7 @@ def tiny_gmat_config(**overrides: object) -> GmatConfig:
     return GmatConfig(**fields)
 
 
-def padded_batch(
-    batch: int = 3, length: int = 11, vocab: int = 120, seed: int = 0
-) -> dict[str, torch.Tensor]:
+def padded_batch(batch: int = 3, length: int = 11, vocab: int = 120, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random ids with right padding of different amounts per example (example 0 unpadded)."""
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, vocab, (batch, length), generator=g)

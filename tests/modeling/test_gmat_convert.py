@@ -62,9 +62,7 @@ def test_minilm_m0_matches_bert(pattern: dict, minilm_path, minilm_bert, minilm_
     with torch.no_grad():
         want, got = minilm_bert(**minilm_batch), gmat(**minilm_batch)
     real = minilm_batch["attention_mask"].bool()
-    torch.testing.assert_close(
-        got.last_hidden_state[real], want.last_hidden_state[real], **tol("bert_oracle")
-    )
+    torch.testing.assert_close(got.last_hidden_state[real], want.last_hidden_state[real], **tol("bert_oracle"))
     torch.testing.assert_close(got.pooler_output, want.pooler_output, **tol("bert_oracle"))
 
 
@@ -115,12 +113,8 @@ def test_minilm_backends_agree_on_long_padded_batch(length: int, minilm_path, to
         chunk_size=64,
         max_length=1024,
     )
-    blocked = AutoModelForTokenClassification.from_pretrained(
-        tmp_path, num_labels=5, attn_backend="blocked"
-    ).eval()
-    reference = AutoModelForTokenClassification.from_pretrained(
-        tmp_path, num_labels=5, attn_backend="reference"
-    ).eval()
+    blocked = AutoModelForTokenClassification.from_pretrained(tmp_path, num_labels=5, attn_backend="blocked").eval()
+    reference = AutoModelForTokenClassification.from_pretrained(tmp_path, num_labels=5, attn_backend="reference").eval()
     reference.load_state_dict(blocked.state_dict())  # the same (fresh) classifier head
     g = torch.Generator().manual_seed(0)
     input_ids = torch.randint(1000, 30000, (2, length), generator=g)
@@ -131,21 +125,15 @@ def test_minilm_backends_agree_on_long_padded_batch(length: int, minilm_path, to
         want, got = reference(**inputs), blocked(**inputs)
     real = attention_mask.bool()
     torch.testing.assert_close(got.logits[real], want.logits[real], **tol("backend_logits"))
-    torch.testing.assert_close(
-        got.last_hidden_state[real], want.last_hidden_state[real], **tol("backend_logits")
-    )
+    torch.testing.assert_close(got.last_hidden_state[real], want.last_hidden_state[real], **tol("backend_logits"))
     torch.testing.assert_close(got.memory_state, want.memory_state, **tol("backend_logits"))
 
 
 def test_mlm_head_missing_is_fresh_not_an_error(minilm_path, tmp_path) -> None:
-    convert_bert_to_gmat(
-        minilm_path, tmp_path, num_memory_tokens=2, attention_pattern="chunked", max_length=512
-    )
+    convert_bert_to_gmat(minilm_path, tmp_path, num_memory_tokens=2, attention_pattern="chunked", max_length=512)
     model = GmatForMaskedLM.from_pretrained(tmp_path)
     stored = load_file(str(tmp_path / "model.safetensors"))
-    assert torch.equal(
-        model.gmat.embeddings.word_embeddings.weight, stored["embeddings.word_embeddings.weight"]
-    )
+    assert torch.equal(model.gmat.embeddings.word_embeddings.weight, stored["embeddings.word_embeddings.weight"])
     assert model.cls.predictions.decoder.weight is model.gmat.embeddings.word_embeddings.weight
 
 
@@ -157,9 +145,7 @@ def test_pretraining_layout_and_bin_weights(bert_config, tmp_path) -> None:
     state = load_file(str(source / "model.safetensors"))
     (source / "model.safetensors").unlink()
     torch.save(state, source / "pytorch_model.bin")
-    convert_bert_to_gmat(
-        source, tmp_path / "gmat", num_memory_tokens=1, attention_pattern="dense", max_length=64
-    )
+    convert_bert_to_gmat(source, tmp_path / "gmat", num_memory_tokens=1, attention_pattern="dense", max_length=64)
     gmat = GmatForMaskedLM.from_pretrained(tmp_path / "gmat")
     torch.testing.assert_close(
         gmat.cls.predictions.transform.dense.weight,
@@ -185,9 +171,7 @@ def _set_model_type(source: Path) -> None:
 
 def _drop_query_weights(source: Path) -> None:
     state = load_file(str(source / "model.safetensors"))
-    save_file(
-        {k: v for k, v in state.items() if "attention.self.query" not in k}, str(source / "model.safetensors")
-    )
+    save_file({k: v for k, v in state.items() if "attention.self.query" not in k}, str(source / "model.safetensors"))
 
 
 def _drop_token_types(source: Path) -> None:
@@ -197,9 +181,7 @@ def _drop_token_types(source: Path) -> None:
 
 def _rename_all_keys(source: Path) -> None:
     state = load_file(str(source / "model.safetensors"))
-    save_file(
-        {f"transformer.h.{i}": v for i, v in enumerate(state.values())}, str(source / "model.safetensors")
-    )
+    save_file({f"transformer.h.{i}": v for i, v in enumerate(state.values())}, str(source / "model.safetensors"))
 
 
 NOT_BERT = [
@@ -224,9 +206,7 @@ def test_bad_gmat_settings_raise(bert_config, tmp_path) -> None:
     with pytest.raises(ValueError, match="attention_pattern"):
         convert_bert_to_gmat(source, tmp_path / "out", num_memory_tokens=0, attention_pattern="strided")
     with pytest.raises(ValueError, match="chunk_size"):
-        convert_bert_to_gmat(
-            source, tmp_path / "out", num_memory_tokens=0, attention_pattern="window", chunk_size=8
-        )
+        convert_bert_to_gmat(source, tmp_path / "out", num_memory_tokens=0, attention_pattern="window", chunk_size=8)
 
 
 def test_cli_convert(minilm_path, tmp_path) -> None:
@@ -287,9 +267,10 @@ def test_packaged_checkpoint_names(minilm_path, bert_config, gmat_config, tmp_pa
     argv = ["convert", "--from", "minilm", "--to", str(out), "--num-memory", "0", "--pattern", "dense"]
     assert gmat_main([*argv, "--max-length", "512"]) == 0
     by_path = convert_bert_to_gmat(minilm_path, tmp_path / "by-path", num_memory_tokens=0, attention_pattern="dense")
-    assert load_file(str(out / "model.safetensors")).keys() == load_file(
-        str(tmp_path / "by-path" / "model.safetensors")
-    ).keys()
+    assert (
+        load_file(str(out / "model.safetensors")).keys()
+        == load_file(str(tmp_path / "by-path" / "model.safetensors")).keys()
+    )
     assert json.loads((out / "config.json").read_text())["hidden_size"] == by_path.hidden_size
     monkeypatch.setitem(PACKAGED_CHECKPOINTS, "ghost", ("no_such_module_gmat", "a ghost model"))
     with pytest.raises(ValueError, match="'ghost' is a ghost model, which is not installed"):
@@ -298,9 +279,7 @@ def test_packaged_checkpoint_names(minilm_path, bert_config, gmat_config, tmp_pa
 
 # ---- the other families: RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, DistilBERT --------------------------
 # model_type -> (config class, base model, masked-LM model, config fields of a tiny 2-layer d=32 model).
-_BERT_LIKE = dict(
-    vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
-)
+_BERT_LIKE = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 _ROBERTA_LIKE = {**_BERT_LIKE, "max_position_embeddings": 66, "type_vocab_size": 1, "layer_norm_eps": 1e-5}
 FAMILY_MODELS = {
     "bert": (BertConfig, BertModel, BertForMaskedLM, {**_BERT_LIKE, "max_position_embeddings": 64}),
@@ -373,9 +352,7 @@ def test_family_m0_dense_matches_source(model_type: str, mlm: bool, tol, tmp_pat
         torch.testing.assert_close(got.logits[real], want.logits[real], **tol("bert_oracle"))
         assert gmat.cls.predictions.decoder.weight is gmat.gmat.embeddings.word_embeddings.weight
     else:
-        torch.testing.assert_close(
-            got.last_hidden_state[real], want.last_hidden_state[real], **tol("bert_oracle")
-        )
+        torch.testing.assert_close(got.last_hidden_state[real], want.last_hidden_state[real], **tol("bert_oracle"))
     if getattr(want, "pooler_output", None) is not None:
         torch.testing.assert_close(got.pooler_output, want.pooler_output, **tol("bert_oracle"))
 

@@ -55,9 +55,7 @@ SLOW_CASES = [
 
 
 @pytest.mark.parametrize(("pattern", "num_memory", "training"), FAST_CASES)
-def test_fullgraph_compile_matches_eager(
-    pattern: dict, num_memory: int, training: bool, gmat_config, tol
-) -> None:
+def test_fullgraph_compile_matches_eager(pattern: dict, num_memory: int, training: bool, gmat_config, tol) -> None:
     """``torch.compile(fullgraph=True)`` through the cheap ``eager`` compiler backend; same outputs.
 
     Training mode runs the autograd-capable path of the ``auto`` backend (dropout 0 so outputs compare).
@@ -178,9 +176,7 @@ EXPORT_MODELS = [
         marks=pytest.mark.slow,
         id="base-window-one-type",
     ),
-    pytest.param(
-        GmatForQuestionAnswering, {"attention_pattern": "dense"}, marks=pytest.mark.slow, id="qa-dense"
-    ),
+    pytest.param(GmatForQuestionAnswering, {"attention_pattern": "dense"}, marks=pytest.mark.slow, id="qa-dense"),
     pytest.param(
         GmatForSequenceClassification,
         {"attention_pattern": "chunked", "chunk_size": 8},

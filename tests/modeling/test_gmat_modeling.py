@@ -75,9 +75,7 @@ def test_heads_shapes_and_loss(cls: type, num_memory: int, gmat_config, batch) -
     assert out.last_hidden_state.shape == (b, length, d)
     assert out.memory_state.shape == (b, num_memory, d)
     assert len(out.hidden_states) == len(out.memory_hidden_states) == config.num_hidden_layers + 1
-    assert out.hidden_states[-1] is out.last_hidden_state or torch.equal(
-        out.hidden_states[-1], out.last_hidden_state
-    )
+    assert out.hidden_states[-1] is out.last_hidden_state or torch.equal(out.hidden_states[-1], out.last_hidden_state)
     assert all(h.shape == (b, num_memory, d) for h in out.memory_hidden_states)
     expected_logits = {
         GmatForMaskedLM: (b, length, config.vocab_size),
@@ -266,9 +264,7 @@ def test_tiny_bert_oracle(pattern: dict, bert_config, batch, tol, tmp_path) -> N
     with torch.no_grad():
         want, got = bert(**inputs), gmat(**inputs)
     real = inputs["attention_mask"].bool()
-    torch.testing.assert_close(
-        got.last_hidden_state[real], want.last_hidden_state[real], **tol("bert_oracle")
-    )
+    torch.testing.assert_close(got.last_hidden_state[real], want.last_hidden_state[real], **tol("bert_oracle"))
     torch.testing.assert_close(got.pooler_output, want.pooler_output, **tol("bert_oracle"))
 
 
@@ -330,9 +326,19 @@ def test_recomputed_ffn_activation_gives_the_plain_gradients(act: str, monkeypat
     import gmat.modeling.modeling_gmat as mg
 
     torch.manual_seed(0)
-    config = GmatConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, num_memory_tokens=3, chunk_size=8,
-                        hidden_act=act, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = GmatConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_memory_tokens=3,
+        chunk_size=8,
+        hidden_act=act,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     model = GmatForMaskedLM(config).train()
     ids = torch.randint(5, 50, (2, 40))
 

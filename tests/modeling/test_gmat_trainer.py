@@ -53,17 +53,13 @@ def test_trainer_mlm_smoke(minilm_path, gmat_config, tmp_path) -> None:
         **{CHECKPOINTING_FLAG: True},
     )
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = Trainer(
-        model=model, args=args, train_dataset=dataset, eval_dataset=dataset[:4], data_collator=collator
-    )
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset[:4], data_collator=collator)
     result = trainer.train()
     assert result.global_step == 4
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     after = model.state_dict()
-    assert not torch.equal(
-        before["gmat.embeddings.memory_embeddings"], after["gmat.embeddings.memory_embeddings"]
-    )
+    assert not torch.equal(before["gmat.embeddings.memory_embeddings"], after["gmat.embeddings.memory_embeddings"])
     metrics = trainer.evaluate()
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
     prediction = trainer.predict(dataset[:4])

@@ -14,13 +14,24 @@ from tolerances import LOWP_BACKWARD_FACTOR, assert_close_to_oracle
 
 # (B, H, L, M, D): L = 1, prime, not a multiple of C or 128, M in {0, 1, 7}, D in {16, 40, 64}
 SHAPES = [(1, 1, 1, 0, 16), (2, 2, 17, 1, 16), (2, 3, 97, 7, 40), (1, 2, 131, 0, 64), (3, 1, 128, 7, 64)]
-PATTERN_SPECS = [("chunked", 8), ("chunked", 32), ("chunked", 200), ("window", 0), ("window", 3),
-                 ("window", 40), ("dense", None)]
+PATTERN_SPECS = [
+    ("chunked", 8),
+    ("chunked", 32),
+    ("chunked", 200),
+    ("window", 0),
+    ("window", 3),
+    ("window", 40),
+    ("dense", None),
+]
 PADDINGS = ["none", "random", "one_fully_padded"]
 LOWP_SHAPES = [(2, 3, 97, 7, 40), (1, 2, 131, 0, 64)]
 LOWP_SPECS = [("chunked", 32), ("window", 20), ("dense", None)]
-BACKENDS = [("blocked", "cpu", ()), ("flex", "cpu", (pytest.mark.slow,)),
-            ("blocked", "cuda", (pytest.mark.gpu,)), ("flex", "cuda", (pytest.mark.gpu,))]
+BACKENDS = [
+    ("blocked", "cpu", ()),
+    ("flex", "cpu", (pytest.mark.slow,)),
+    ("blocked", "cuda", (pytest.mark.gpu,)),
+    ("flex", "cuda", (pytest.mark.gpu,)),
+]
 
 
 def make_pattern(num_memory: int, kind: str, size: int | None) -> AttentionPattern:
@@ -46,12 +57,22 @@ def cases(shapes, specs, dtypes, grad: bool):
                 bsz, heads, seq_len, num_memory, dim = shape
                 for kind, size in specs:
                     pattern = make_pattern(num_memory, kind, size)
-                    fake_q = SimpleNamespace(device=torch.device(device), dtype=dtype,
-                                             shape=(bsz, heads, num_memory + seq_len, dim))
+                    fake_q = SimpleNamespace(
+                        device=torch.device(device), dtype=dtype, shape=(bsz, heads, num_memory + seq_len, dim)
+                    )
                     if not_supported_reasons(get_backend(backend), fake_q, pattern, requires_grad=grad):
                         continue
-                    params.append(pytest.param(backend, device, dtype, shape, pattern, marks=marks,
-                                               id=f"{backend}-{device}-{str(dtype)[6:]}-{shape}-{kind}{size}"))
+                    params.append(
+                        pytest.param(
+                            backend,
+                            device,
+                            dtype,
+                            shape,
+                            pattern,
+                            marks=marks,
+                            id=f"{backend}-{device}-{str(dtype)[6:]}-{shape}-{kind}{size}",
+                        )
+                    )
     return params
 
 
@@ -64,12 +85,17 @@ def run(backend, q, k, v, pattern, mask, grad_out=None):
 
 def inputs(shape, device, dtype, requires_grad):
     bsz, heads, seq_len, num_memory, dim = shape
-    return [torch.randn(bsz, heads, num_memory + seq_len, dim, device=device, dtype=torch.float64)
-            .to(dtype).requires_grad_(requires_grad) for _ in range(3)]
+    return [
+        torch.randn(bsz, heads, num_memory + seq_len, dim, device=device, dtype=torch.float64)
+        .to(dtype)
+        .requires_grad_(requires_grad)
+        for _ in range(3)
+    ]
 
 
-@pytest.mark.parametrize(("backend", "device", "dtype", "shape", "pattern"),
-                         cases(SHAPES, PATTERN_SPECS, [torch.float32], grad=True))
+@pytest.mark.parametrize(
+    ("backend", "device", "dtype", "shape", "pattern"), cases(SHAPES, PATTERN_SPECS, [torch.float32], grad=True)
+)
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_forward_and_gradients_fp32(backend, device, dtype, shape, pattern, padding):
     q, k, v = inputs(shape, device, dtype, requires_grad=True)
@@ -83,8 +109,9 @@ def test_forward_and_gradients_fp32(backend, device, dtype, shape, pattern, padd
         assert_close_to_oracle(g, g_ref, None, backend, what=f"d{name}")
 
 
-@pytest.mark.parametrize(("backend", "device", "dtype", "shape", "pattern"),
-                         cases(SHAPES, PATTERN_SPECS, [torch.float32], grad=False))
+@pytest.mark.parametrize(
+    ("backend", "device", "dtype", "shape", "pattern"), cases(SHAPES, PATTERN_SPECS, [torch.float32], grad=False)
+)
 @pytest.mark.parametrize("padding", ["random"])
 def test_forward_only_fp32(backend, device, dtype, shape, pattern, padding):
     q, k, v = inputs(shape, device, dtype, requires_grad=False)
@@ -95,8 +122,10 @@ def test_forward_only_fp32(backend, device, dtype, shape, pattern, padding):
     assert_close_to_oracle(out, ref, None, backend)
 
 
-@pytest.mark.parametrize(("backend", "device", "dtype", "shape", "pattern"),
-                         cases(LOWP_SHAPES, LOWP_SPECS, [torch.bfloat16, torch.float16], grad=True))
+@pytest.mark.parametrize(
+    ("backend", "device", "dtype", "shape", "pattern"),
+    cases(LOWP_SHAPES, LOWP_SPECS, [torch.bfloat16, torch.float16], grad=True),
+)
 def test_low_precision_flash_attention_rule(backend, device, dtype, shape, pattern):
     q, k, v = inputs(shape, device, dtype, requires_grad=True)
     mask = make_mask("random", shape[0], shape[2], device)
@@ -112,17 +141,18 @@ def test_low_precision_flash_attention_rule(backend, device, dtype, shape, patte
 
 @pytest.mark.parametrize("pattern", [make_pattern(2, "chunked", 4), make_pattern(0, "window", 2)])
 def test_blocked_gradcheck_float64(pattern):
-    q, k, v = (torch.randn(1, 1, pattern.num_memory + 7, 3, dtype=torch.float64, requires_grad=True)
-               for _ in range(3))
+    q, k, v = (torch.randn(1, 1, pattern.num_memory + 7, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
     mask = torch.tensor([[True] * 6 + [False]])
     assert torch.autograd.gradcheck(
-        lambda a, b, c: gmat_attention(a, b, c, pattern, mask, backend="blocked"), (q, k, v))
+        lambda a, b, c: gmat_attention(a, b, c, pattern, mask, backend="blocked"), (q, k, v)
+    )
 
 
 # On CPU, `blocked` sends chunks with memory and no dropout through the log-sum-exp merge of three flash-kernel
 # calls; the tests above therefore exercise that route. Everything else, and CUDA, takes the route below.
-SDPA_ROUTE_CASES = [(shape, make_pattern(shape[3], "chunked", size))
-                    for shape in SHAPES if shape[3] > 0 for size in (8, 200)]
+SDPA_ROUTE_CASES = [
+    (shape, make_pattern(shape[3], "chunked", size)) for shape in SHAPES if shape[3] > 0 for size in (8, 200)
+]
 
 
 @pytest.mark.parametrize(("shape", "pattern"), SDPA_ROUTE_CASES, ids=str)
@@ -147,8 +177,11 @@ def test_cpu_chunks_and_windows_take_the_flash_routes(monkeypatch):
     assert calls == ["_ChunkedFlashCPU", "_WindowFlashCPU", "_WindowFlashCPU"]
 
 
-GROUP_CASES = [(shape, make_pattern(shape[3], kind, size)) for shape in SHAPES
-               for kind, size in (("chunked", 8), ("chunked", 32), ("window", 0), ("window", 3), ("window", 40))]
+GROUP_CASES = [
+    (shape, make_pattern(shape[3], kind, size))
+    for shape in SHAPES
+    for kind, size in (("chunked", 8), ("chunked", 32), ("window", 0), ("window", 3), ("window", 40))
+]
 
 
 @pytest.mark.parametrize(("shape", "pattern"), GROUP_CASES, ids=str)
@@ -175,9 +208,17 @@ class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 @pytest.mark.parametrize("sdpa_route", [False, True])
-@pytest.mark.parametrize("pattern", [make_pattern(3, "chunked", 10**5), make_pattern(3, "chunked", 10**6),
-                                     make_pattern(0, "chunked", 10**6), make_pattern(3, "window", 10**5),
-                                     make_pattern(0, "window", 10**5)], ids=str)
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        make_pattern(3, "chunked", 10**5),
+        make_pattern(3, "chunked", 10**6),
+        make_pattern(0, "chunked", 10**6),
+        make_pattern(3, "window", 10**5),
+        make_pattern(0, "window", 10**5),
+    ],
+    ids=str,
+)
 def test_chunk_or_window_wider_than_the_sequence_costs_what_the_sequence_costs(monkeypatch, pattern, sdpa_route):
     """L = 10 with C or w up to 1e6: no tensor larger than the sequence needs, and the reference's result."""
     if sdpa_route:

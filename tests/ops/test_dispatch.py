@@ -46,8 +46,10 @@ def test_unknown_backend():
     ("make", "match"),
     [
         (lambda: (*qkv(shape=(2, 10, 16)), P, None), "rank 3"),
-        (lambda: (torch.randn(1, 2, 10, 16), torch.randn(1, 2, 9, 16), torch.randn(1, 2, 10, 16), P, None),
-         "same shape"),
+        (
+            lambda: (torch.randn(1, 2, 10, 16), torch.randn(1, 2, 9, 16), torch.randn(1, 2, 10, 16), P, None),
+            "same shape",
+        ),
         (lambda: (*qkv(), P, torch.ones(1, 9, dtype=torch.bool)), r"shape \(B, L\) = \(1, 8\)"),
         (lambda: (*qkv(), P, torch.ones(1, 8)), "bool tensor"),
         (lambda: (*qkv(), P, torch.ones(2, 8, dtype=torch.bool)), "attention_mask must have shape"),
@@ -64,8 +66,9 @@ def test_bad_inputs_raise_value_error(make, match):
         gmat_attention(q, k, v, pattern, mask)
 
 
-@pytest.mark.parametrize(("kw", "match"), [({"dropout_p": 1.0}, "dropout_p"), ({"dropout_p": -0.1}, "dropout_p"),
-                                          ({"scale": 0.0}, "scale")])
+@pytest.mark.parametrize(
+    ("kw", "match"), [({"dropout_p": 1.0}, "dropout_p"), ({"dropout_p": -0.1}, "dropout_p"), ({"scale": 0.0}, "scale")]
+)
 def test_bad_scalars(kw, match):
     q, k, v = qkv()
     with pytest.raises(ValueError, match=match):

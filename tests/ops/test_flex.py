@@ -12,8 +12,11 @@ def test_flex_raises_dynamo_recompile_limit_where_it_compiles() -> None:
 
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    total = "accumulated_recompile_limit" if hasattr(config, "accumulated_recompile_limit") else (
-        "accumulated_cache_size_limit")
+    total = (
+        "accumulated_recompile_limit"
+        if hasattr(config, "accumulated_recompile_limit")
+        else ("accumulated_cache_size_limit")
+    )
     saved = {n: getattr(config, n) for n in (name, total)}  # restored by hand: dynamo's config is no plain module
     setattr(config, name, 8)
     flex._compiled_flex.cache_clear()

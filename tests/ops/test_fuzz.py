@@ -32,8 +32,9 @@ def test_blocked_matches_reference(problem):
     bsz, heads, seq_len, dim, pattern, padded, seed = problem
     gen = torch.Generator().manual_seed(seed)
     n = pattern.num_memory + seq_len
-    q, k, v = (torch.randn(bsz, heads, n, dim, generator=gen, dtype=torch.float64, requires_grad=True)
-               for _ in range(3))
+    q, k, v = (
+        torch.randn(bsz, heads, n, dim, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)
+    )
     mask = torch.rand(bsz, seq_len, generator=gen) > 0.3 if padded else None
     grad_out = torch.randn(bsz, heads, n, dim, generator=gen, dtype=torch.float64)
     outs = []

@@ -5,8 +5,12 @@ import torch
 
 from gmat.ops import AttentionPattern, gmat_attention
 
-PATTERNS = [AttentionPattern(3, "chunked", chunk_size=8), AttentionPattern(0, "chunked", chunk_size=8),
-            AttentionPattern(2, "window", window=5), AttentionPattern(1, "dense")]
+PATTERNS = [
+    AttentionPattern(3, "chunked", chunk_size=8),
+    AttentionPattern(0, "chunked", chunk_size=8),
+    AttentionPattern(2, "window", window=5),
+    AttentionPattern(1, "dense"),
+]
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
@@ -17,20 +21,22 @@ def test_batch_invariance(pattern):
     mask = torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]
     batched = gmat_attention(q, k, v, pattern, mask, backend="blocked")
     for b, n in enumerate(lengths):
-        single = gmat_attention(q[b:b + 1, :, :m + n], k[b:b + 1, :, :m + n], v[b:b + 1, :, :m + n], pattern,
-                                backend="blocked")
-        torch.testing.assert_close(batched[b:b + 1, :, :m + n], single, atol=1e-5, rtol=1e-5)
+        single = gmat_attention(
+            q[b : b + 1, :, : m + n], k[b : b + 1, :, : m + n], v[b : b + 1, :, : m + n], pattern, backend="blocked"
+        )
+        torch.testing.assert_close(batched[b : b + 1, :, : m + n], single, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_appending_padding_changes_nothing_real(pattern):
     m, seq_len, extra = pattern.num_memory, 29, 19
     q, k, v = (torch.randn(2, 2, m + seq_len + extra, 16) for _ in range(3))
-    short = gmat_attention(q[:, :, :m + seq_len], k[:, :, :m + seq_len], v[:, :, :m + seq_len], pattern,
-                           backend="blocked")
+    short = gmat_attention(
+        q[:, :, : m + seq_len], k[:, :, : m + seq_len], v[:, :, : m + seq_len], pattern, backend="blocked"
+    )
     mask = torch.arange(seq_len + extra)[None, :].expand(2, -1) < seq_len
     long = gmat_attention(q, k, v, pattern, mask, backend="blocked")
-    torch.testing.assert_close(long[:, :, :m + seq_len], short, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(long[:, :, : m + seq_len], short, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
@@ -77,18 +83,21 @@ def test_dropout_is_on_probabilities_and_unbiased():
     torch.testing.assert_close(mean, plain, atol=0.06, rtol=0)
 
 
-@pytest.mark.parametrize("pattern", [AttentionPattern(4, "chunked", chunk_size=16),
-                                     AttentionPattern(4, "window", window=8)])
+@pytest.mark.parametrize(
+    "pattern", [AttentionPattern(4, "chunked", chunk_size=16), AttentionPattern(4, "window", window=8)]
+)
 def test_blocked_traces_without_graph_breaks(pattern):
     q, k, v = (torch.randn(2, 2, 4 + 100, 16) for _ in range(3))
     mask = torch.rand(2, 100) > 0.2
-    explanation = torch._dynamo.explain(
-        lambda a, b, c, m: gmat_attention(a, b, c, pattern, m, backend="blocked"))(q, k, v, mask)
+    explanation = torch._dynamo.explain(lambda a, b, c, m: gmat_attention(a, b, c, pattern, m, backend="blocked"))(
+        q, k, v, mask
+    )
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
-@pytest.mark.parametrize("pattern", [AttentionPattern(2, "chunked", chunk_size=4),
-                                     AttentionPattern(2, "window", window=3)])
+@pytest.mark.parametrize(
+    "pattern", [AttentionPattern(2, "chunked", chunk_size=4), AttentionPattern(2, "window", window=3)]
+)
 def test_dropout_gradients_match_finite_differences(pattern):
     """With the dropout draw fixed by a seed, attention is a smooth function: gradcheck it in float64."""
     q, k, v = (torch.randn(1, 2, 2 + 11, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))

@@ -41,9 +41,13 @@ def test_golden_ascii(pattern, seq_len):
 
 @pytest.mark.parametrize(
     "pattern",
-    [AttentionPattern(3, "chunked", chunk_size=4), AttentionPattern(0, "chunked", chunk_size=1),
-     AttentionPattern(2, "window", window=3), AttentionPattern(0, "window", window=0),
-     AttentionPattern(5, "dense")],
+    [
+        AttentionPattern(3, "chunked", chunk_size=4),
+        AttentionPattern(0, "chunked", chunk_size=1),
+        AttentionPattern(2, "window", window=3),
+        AttentionPattern(0, "window", window=0),
+        AttentionPattern(5, "dense"),
+    ],
 )
 @pytest.mark.parametrize("seq_len", [1, 7, 13])
 def test_allowed_pairs_matches_dense(pattern, seq_len):

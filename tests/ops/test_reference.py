@@ -30,8 +30,10 @@ def loop_attention(q, k, v, num_memory, kind, size, attention_mask):
                     keys.append(s)
                     continue
                 i, j = t - num_memory, s - num_memory
-                if kind == "dense" or (kind == "chunked" and i // size == j // size) or (
-                    kind == "window" and abs(i - j) <= size
+                if (
+                    kind == "dense"
+                    or (kind == "chunked" and i // size == j // size)
+                    or (kind == "window" and abs(i - j) <= size)
                 ):
                     keys.append(s)
             if not keys:
@@ -69,10 +71,14 @@ def test_reference_matches_per_query_loop(num_memory, kind, size, seq_len, padde
 
 def test_one_chunk_without_memory_is_plain_sdpa():
     q, k, v = (torch.randn(2, 3, 10, 16) for _ in range(3))
-    for pattern in (AttentionPattern(0, "chunked", chunk_size=10), AttentionPattern(0, "window", window=9),
-                    AttentionPattern(0, "dense")):
-        torch.testing.assert_close(reference_attention(q, k, v, pattern),
-                                   F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
+    for pattern in (
+        AttentionPattern(0, "chunked", chunk_size=10),
+        AttentionPattern(0, "window", window=9),
+        AttentionPattern(0, "dense"),
+    ):
+        torch.testing.assert_close(
+            reference_attention(q, k, v, pattern), F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_row_without_keys_is_zero_not_nan():
@@ -87,12 +93,16 @@ def test_row_without_keys_is_zero_not_nan():
 
 @pytest.mark.parametrize(
     "pattern",
-    [AttentionPattern(2, "chunked", chunk_size=3), AttentionPattern(1, "window", window=1),
-     AttentionPattern(0, "window", window=2)],
+    [
+        AttentionPattern(2, "chunked", chunk_size=3),
+        AttentionPattern(1, "window", window=1),
+        AttentionPattern(0, "window", window=2),
+    ],
 )
 def test_reference_gradcheck(pattern):
     seq_len = 5
-    q, k, v = (torch.randn(1, 2, pattern.num_memory + seq_len, 4, dtype=torch.float64, requires_grad=True)
-               for _ in range(3))
+    q, k, v = (
+        torch.randn(1, 2, pattern.num_memory + seq_len, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)
+    )
     mask = torch.tensor([[True, True, False, True, True]])
     assert torch.autograd.gradcheck(lambda a, b, c: reference_attention(a, b, c, pattern, mask), (q, k, v))

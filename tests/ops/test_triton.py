@@ -42,8 +42,10 @@ def interpreter_skip_reason(version: str, usable: bool) -> str | None:
     parsed = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
     if parsed < INTERPRETER_MIN_TRITON:
         need = ".".join(map(str, INTERPRETER_MIN_TRITON))
-        return (f"triton {version}: its interpreter fails on range(lo, hi, BLOCK_N) over tensor bounds; "
-                f"the interpreter cases need triton >= {need}")
+        return (
+            f"triton {version}: its interpreter fails on range(lo, hi, BLOCK_N) over tensor bounds; "
+            f"the interpreter cases need triton >= {need}"
+        )
     if not usable:
         return "needs TRITON_INTERPRET=1 set before triton is first imported (top of tests/conftest.py)"
     return None
@@ -51,16 +53,21 @@ def interpreter_skip_reason(version: str, usable: bool) -> str | None:
 
 _INTERPRETER_SKIP = interpreter_skip_reason(triton.__version__, tk.interpreter_usable())
 INTERPRETER = pytest.mark.skipif(_INTERPRETER_SKIP is not None, reason=_INTERPRETER_SKIP or "")
-CUDA = [pytest.mark.gpu,
-        pytest.mark.skipif(not torch.cuda.is_available() or tk.INTERPRET,
-                           reason="needs CUDA with compiled (not interpreted) kernels")]
+CUDA = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or tk.INTERPRET, reason="needs CUDA with compiled (not interpreted) kernels"
+    ),
+]
 
 # Blocks small enough that the tiny shapes cross several query/key tiles and splits.
-CFG_16 = tk.TritonConfig(block_m=16, block_n=16, dq_block_m=16, kv_block_m=16, kv_block_n=16, num_warps=1,
-                         num_stages=1, split_programs=4)
+CFG_16 = tk.TritonConfig(
+    block_m=16, block_n=16, dq_block_m=16, kv_block_m=16, kv_block_n=16, num_warps=1, num_stages=1, split_programs=4
+)
 # Query blocks wider than the key tiles and than a chunk (C=16): a block spans two chunks.
-CFG_32_16 = tk.TritonConfig(block_m=32, block_n=16, dq_block_m=32, kv_block_m=16, kv_block_n=32, num_warps=1,
-                            num_stages=1, split_programs=3)
+CFG_32_16 = tk.TritonConfig(
+    block_m=32, block_n=16, dq_block_m=32, kv_block_m=16, kv_block_n=32, num_warps=1, num_stages=1, split_programs=3
+)
 
 
 def _chunk(m: int, c: int) -> AttentionPattern:
@@ -126,7 +133,7 @@ def _inputs(case: tuple, device: str) -> tuple:
     mask = None
     if pad is not None:
         mask = torch.ones(b, seq, dtype=torch.bool)
-        mask[0, seq // 2:] = False
+        mask[0, seq // 2 :] = False
         if pad == "full" and b > 1:
             mask[1] = False
         mask = mask.to(device)
@@ -142,6 +149,7 @@ def _run(fn, q, k, v, do, dtype, pattern, mask):  # noqa: ANN001, ANN202
 
 def _as_op(fn):  # noqa: ANN001, ANN202
     """``fn`` under ``gmat_attention``'s rule for padded query rows: zero in, zero out, no gradient."""
+
     def run(q, k, v, pattern, mask):  # noqa: ANN001, ANN202
         if mask is None:
             return fn(q, k, v, pattern, mask)

@@ -48,9 +48,7 @@ def test_eval_mlm_refuses_a_checkpoint_without_the_mlm_head(encoder_only, corpus
     assert results[0]["metrics"] == results[1]["metrics"]
 
 
-def test_eval_rc_and_predict_qa_refuse_a_checkpoint_without_the_qa_head(
-    mlm_best, squad_file, tmp_path, caplog, capsys
-):
+def test_eval_rc_and_predict_qa_refuse_a_checkpoint_without_the_qa_head(mlm_best, squad_file, tmp_path, caplog, capsys):
     # an MLM checkpoint has an encoder and another head: no span head to score with
     argv = ["eval", "rc", "--model", str(mlm_best), "--data", str(squad_file), "--out", str(tmp_path / "o"),
             "--device", "cpu"]  # fmt: skip
@@ -102,8 +100,14 @@ def test_a_converted_masked_lm_keeps_its_head_and_is_not_refused(tmp_path):
     from gmat.modeling.convert import convert_bert_to_gmat
 
     bert = BertForMaskedLM(
-        BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                   max_position_embeddings=32)  # fmt: skip
+        BertConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+        )  # fmt: skip
     )
     bert.save_pretrained(tmp_path / "bert")
     convert_bert_to_gmat(tmp_path / "bert", tmp_path / "gmat", num_memory_tokens=2, attention_pattern="chunked",

@@ -44,8 +44,11 @@ def _inputs(shape, seed: int = 0):  # noqa: ANN001, ANN202
     return q, k, v, grad_out
 
 
-CASES = [pytest.param(shape, _pattern(shape[3], kind, size), id=f"{shape}-{kind}{size}")
-         for shape in SHAPES for kind, size in PATTERNS]
+CASES = [
+    pytest.param(shape, _pattern(shape[3], kind, size), id=f"{shape}-{kind}{size}")
+    for shape in SHAPES
+    for kind, size in PATTERNS
+]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -63,10 +66,26 @@ def test_padded_rows_reach_nothing(backend, shape, pattern, bad, monkeypatch):
     if seq_len > 1:
         mask[-1, -1] = False  # at least one padded token
     padded = ~torch.cat([torch.ones(bsz, m, dtype=torch.bool), mask], dim=1)[:, None, :, None]
-    clean = _run(backend, monkeypatch, q.masked_fill(padded, 0), k.masked_fill(padded, 0),
-                 v.masked_fill(padded, 0), pattern, mask, grad_out.masked_fill(padded, 0))
-    dirty = _run(backend, monkeypatch, q.masked_fill(padded, bad), k.masked_fill(padded, bad),
-                 v.masked_fill(padded, bad), pattern, mask, grad_out)
+    clean = _run(
+        backend,
+        monkeypatch,
+        q.masked_fill(padded, 0),
+        k.masked_fill(padded, 0),
+        v.masked_fill(padded, 0),
+        pattern,
+        mask,
+        grad_out.masked_fill(padded, 0),
+    )
+    dirty = _run(
+        backend,
+        monkeypatch,
+        q.masked_fill(padded, bad),
+        k.masked_fill(padded, bad),
+        v.masked_fill(padded, bad),
+        pattern,
+        mask,
+        grad_out,
+    )
     for name, want, got in zip(("out", "dq", "dk", "dv"), (clean[0], *clean[1]), (dirty[0], *dirty[1])):
         assert torch.isfinite(got).all(), f"{name}: non-finite values"
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10, msg=lambda s, n=name: f"{n}: {s}")
@@ -98,7 +117,7 @@ def test_nan_spreads_only_as_far_as_the_pattern_allows(backend, shape, pattern, 
     q, k, v, grad_out = _inputs(shape, seed=2)
     mask = torch.ones(bsz, seq_len, dtype=torch.bool)
     if bsz > 1:
-        mask[-1, seq_len // 3:] = False  # the last example padded from a third on
+        mask[-1, seq_len // 3 :] = False  # the last example padded from a third on
     elif seq_len > 2:
         mask[0, -1] = False  # one padded token after the NaN
     position = m + seq_len // 2  # a real sequence row of example 0 (its middle)
@@ -114,7 +133,8 @@ def test_nan_spreads_only_as_far_as_the_pattern_allows(backend, shape, pattern, 
         poisoned[0, heads - 1] = allowed[:, position]
     nan_rows = out.isnan().any(dim=-1)  # (B, H, M+L)
     assert torch.equal(nan_rows, poisoned), (
-        f"NaN rows {nan_rows.nonzero().tolist()} != rows allowed to see it {poisoned.nonzero().tolist()}")
+        f"NaN rows {nan_rows.nonzero().tolist()} != rows allowed to see it {poisoned.nonzero().tolist()}"
+    )
     assert torch.isfinite(out[~poisoned]).all()
 
     oracle_out, oracle_grads = _run("reference", monkeypatch, q, k, v, pattern, mask, grad_out)
@@ -123,5 +143,4 @@ def test_nan_spreads_only_as_far_as_the_pattern_allows(backend, shape, pattern, 
     seen[0, heads - 1] = allowed[poisoned[0, heads - 1]].any(dim=0)
     for name, got, want, reach in zip(("dq", "dk", "dv"), grads, oracle_grads, (poisoned, seen, seen)):
         assert torch.isfinite(got[~reach]).all(), f"{name}: NaN outside the rows the pattern lets it reach"
-        torch.testing.assert_close(got[~reach], want[~reach], atol=1e-10, rtol=1e-10,
-                                   msg=lambda s, n=name: f"{n}: {s}")
+        torch.testing.assert_close(got[~reach], want[~reach], atol=1e-10, rtol=1e-10, msg=lambda s, n=name: f"{n}: {s}")

@@ -19,22 +19,36 @@ def fake_run(root: Path, name: str, m: int, f1s: list[float], old_format: bool =
     """A finished run; ``old_format``: per_question.jsonl as first written (scores in [0, 1], no "scale")."""
     run = root / name
     (run / "eval").mkdir(parents=True)
-    questions = [{"id": f"q{i}", "prediction": "x", "em": float(f == 1.0), "f1": f, "distance_chunks": i}
-                 for i, f in enumerate(f1s)]
-    rows = questions if old_format else [{**q, "em": 100 * q["em"], "f1": 100 * q["f1"], "scale": 100}
-                                         for q in questions]
+    questions = [
+        {"id": f"q{i}", "prediction": "x", "em": float(f == 1.0), "f1": f, "distance_chunks": i}
+        for i, f in enumerate(f1s)
+    ]
+    rows = (
+        questions if old_format else [{**q, "em": 100 * q["em"], "f1": 100 * q["f1"], "scale": 100} for q in questions]
+    )
     (run / "eval" / "per_question.jsonl").write_text("".join(json.dumps(q) + "\n" for q in rows))
     f1 = 100 * sum(f1s) / len(f1s)
     by_distance = {str(i): {"em": 100 * q["em"], "f1": 100 * q["f1"], "count": 1} for i, q in enumerate(questions)}
-    results = {"model": name, "num_memory": m, "pattern": "chunked", "length": 1024, "em": 0.0, "f1": f1,
-               "budget": "b", "eval_questions": len(f1s), "train_questions": 8, "train_seconds": 60.0,
-               "by_distance": by_distance}
+    results = {
+        "model": name,
+        "num_memory": m,
+        "pattern": "chunked",
+        "length": 1024,
+        "em": 0.0,
+        "f1": f1,
+        "budget": "b",
+        "eval_questions": len(f1s),
+        "train_questions": 8,
+        "train_seconds": 60.0,
+        "by_distance": by_distance,
+    }
     (run / "results.json").write_text(json.dumps(results))
     return run
 
 
-@pytest.mark.parametrize(("old_base", "old_gmat"), [(False, False), (True, True), (True, False)],
-                         ids=["points", "old-files", "mixed"])
+@pytest.mark.parametrize(
+    ("old_base", "old_gmat"), [(False, False), (True, True), (True, False)], ids=["points", "old-files", "mixed"]
+)
 def test_paired_differences_in_points_and_tables(report, tmp_path: Path, old_base: bool, old_gmat: bool) -> None:
     base = fake_run(tmp_path, "m0", 0, [0.0, 0.5, 1.0, 0.0], old_format=old_base)
     gmat = fake_run(tmp_path, "m16", 16, [1.0, 0.5, 1.0, 0.5], old_format=old_gmat)

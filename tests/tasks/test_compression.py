@@ -81,9 +81,7 @@ def test_gradient_flows_encoder_memory_decoder():
     x = ids(3)
     memory = model.encode(x)
     memory.retain_grad()
-    loss = torch.nn.functional.cross_entropy(
-        model.cls(model.decode(memory, length=L)).reshape(-1, V), x.reshape(-1)
-    )
+    loss = torch.nn.functional.cross_entropy(model.cls(model.decode(memory, length=L)).reshape(-1, V), x.reshape(-1))
     loss.backward()
     assert memory.grad is not None and memory.grad.abs().sum() > 0
     for name, module in (
@@ -161,9 +159,7 @@ def test_reconstruction_loss_falls():
 def corpus(path, n_docs=10, words=80):
     rng = np.random.default_rng(0)
     vocab = "red green blue cyan magenta yellow black white orange purple brown grey".split()
-    path.write_text(
-        "".join(json.dumps({"text": " ".join(rng.choice(vocab, words))}) + "\n" for _ in range(n_docs))
-    )
+    path.write_text("".join(json.dumps({"text": " ".join(rng.choice(vocab, words))}) + "\n" for _ in range(n_docs)))
     return str(path)
 
 
@@ -197,9 +193,7 @@ def test_compressed_context_batches(tmp_path, mode):
     sel = labels != IGNORE_INDEX
     assert sel.any() and torch.equal(labels[sel], torch.from_numpy(window[:, 48:])[sel])
     # same masks in every mode: the three settings are scored on the same tokens
-    other = CompressionTask(
-        CompressionTaskSpec(**{**vars(spec), "context_mode": "compressed"}), progress=False
-    )
+    other = CompressionTask(CompressionTaskSpec(**{**vars(spec), "context_mode": "compressed"}), progress=False)
     assert torch.equal(other.batch("train", range(3))["labels"], labels)
 
 
@@ -246,9 +240,7 @@ def test_reconstruction_train_label_fraction(tmp_path):
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*/*.yaml"))
 
 
-@pytest.mark.parametrize(
-    "path", [p for p in CONFIGS if p.parent.name in ("mlm", "compression")], ids=lambda p: p.stem
-)
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name in ("mlm", "compression")], ids=lambda p: p.stem)
 def test_configs_start_with_their_command_and_parse(path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and str(path.relative_to(path.parents[2])) in first
@@ -262,15 +254,36 @@ def test_compression_from_masked_lm_copies_the_weights():
     from gmat.modeling.compression import compression_from_masked_lm
 
     torch.manual_seed(0)
-    mlm = GmatForMaskedLM(GmatConfig(vocab_size=V, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=64, num_memory_tokens=M,
-                                     chunk_size=8))
-    model = compression_from_masked_lm(mlm, num_encoder_layers=2, num_bottleneck_layers=1, num_decoder_layers=2,
-                                       decoder_input="content_free", mask_token_id=3)
+    mlm = GmatForMaskedLM(
+        GmatConfig(
+            vocab_size=V,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+            num_memory_tokens=M,
+            chunk_size=8,
+        )
+    )
+    model = compression_from_masked_lm(
+        mlm,
+        num_encoder_layers=2,
+        num_bottleneck_layers=1,
+        num_decoder_layers=2,
+        decoder_input="content_free",
+        mask_token_id=3,
+    )
     source = mlm.gmat.encoder.layer
-    pairs = [(model.encoder[0], source[0]), (model.encoder[1], source[1]), (model.bottleneck[0], source[2]),
-             (model.decoder[0], source[0]), (model.decoder[1], source[1]), (model.embeddings, mlm.gmat.embeddings),
-             (model.cls, mlm.cls)]
+    pairs = [
+        (model.encoder[0], source[0]),
+        (model.encoder[1], source[1]),
+        (model.bottleneck[0], source[2]),
+        (model.decoder[0], source[0]),
+        (model.decoder[1], source[1]),
+        (model.embeddings, mlm.gmat.embeddings),
+        (model.cls, mlm.cls),
+    ]
     for ours, theirs in pairs:
         for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
             assert torch.equal(a, b), name
@@ -280,8 +293,14 @@ def test_compression_from_masked_lm_copies_the_weights():
     x = ids(1)
     model(x, labels=x).loss.backward()
     with pytest.raises(ValueError, match="has 3 layers"):
-        compression_from_masked_lm(mlm, num_encoder_layers=3, num_bottleneck_layers=1, num_decoder_layers=1,
-                                   decoder_input="content_free", mask_token_id=3)
+        compression_from_masked_lm(
+            mlm,
+            num_encoder_layers=3,
+            num_bottleneck_layers=1,
+            num_decoder_layers=1,
+            decoder_input="content_free",
+            mask_token_id=3,
+        )
 
 
 @pytest.mark.parametrize("mode", ["reconstruction", "full"])
@@ -292,18 +311,39 @@ def test_compression_task_builds_its_model_from_a_bert_checkpoint(tmp_path, mode
     from gmat.modeling.factory import ModelSettings
 
     data = corpus(tmp_path / "c.jsonl")
-    name, extra = ("reconstruction", {}) if mode == "reconstruction" else ("compressed_context",
-                                                                            {"context_mode": "full"})
-    spec = CompressionTaskSpec(name=name, train_data=data, eval_data=data, test_data=data,
-                               cache_dir=str(tmp_path / "cache"), seq_len=16, context_len=32, eval_size=2,
-                               pretrained=str(tmp_path / "bert"), **extra)
+    name, extra = (
+        ("reconstruction", {}) if mode == "reconstruction" else ("compressed_context", {"context_mode": "full"})
+    )
+    spec = CompressionTaskSpec(
+        name=name,
+        train_data=data,
+        eval_data=data,
+        test_data=data,
+        cache_dir=str(tmp_path / "cache"),
+        seq_len=16,
+        context_len=32,
+        eval_size=2,
+        pretrained=str(tmp_path / "bert"),
+        **extra,
+    )
     task = CompressionTask(spec, progress=False)
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=task.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                num_attention_heads=2, intermediate_size=64, max_position_embeddings=16))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=task.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=16,
+        )
+    )
     bert.save_pretrained(tmp_path / "bert")
-    pattern = {"num_memory_tokens": 3, "chunk_size": 8} if mode == "reconstruction" else \
-        {"num_memory_tokens": 0, "attention_pattern": "dense", "chunk_size": None}
+    pattern = (
+        {"num_memory_tokens": 3, "chunk_size": 8}
+        if mode == "reconstruction"
+        else {"num_memory_tokens": 0, "attention_pattern": "dense", "chunk_size": None}
+    )
     settings = ModelSettings(num_encoder_layers=2, num_bottleneck_layers=0, num_decoder_layers=2, **pattern)
     model = task.build_model(settings)
     theirs = bert.state_dict()["encoder.layer.1.attention.self.query.weight"]
@@ -322,8 +362,15 @@ def test_memory_swap_losses(tmp_path, monkeypatch):
     from gmat.tasks.compression import memory_swap_losses
 
     data = corpus(tmp_path / "c.jsonl")
-    spec = CompressionTaskSpec(name="reconstruction", train_data=data, eval_data=data, test_data=data,
-                               cache_dir=str(tmp_path / "cache"), seq_len=24, eval_size=5)
+    spec = CompressionTaskSpec(
+        name="reconstruction",
+        train_data=data,
+        eval_data=data,
+        test_data=data,
+        cache_dir=str(tmp_path / "cache"),
+        seq_len=24,
+        eval_size=5,
+    )
     task = CompressionTask(spec, progress=False)
     torch.manual_seed(0)
     model = GmatForCompression(config(vocab_size=task.vocab_size, mask_token_id=task.special.mask))
@@ -340,8 +387,9 @@ def test_memory_swap_losses(tmp_path, monkeypatch):
     assert memory_swap_losses(model, task, batch_size=2)["swap_gap"] == 0.0
     with pytest.raises(ValueError, match="batch_size must be >= 2"):
         memory_swap_losses(model, task, batch_size=1)
-    context = CompressionTask(CompressionTaskSpec(**{**vars(spec), "name": "compressed_context", "context_len": 8}),
-                              progress=False)
+    context = CompressionTask(
+        CompressionTaskSpec(**{**vars(spec), "name": "compressed_context", "context_len": 8}), progress=False
+    )
     with pytest.raises(ValueError, match="reconstruction control"):
         memory_swap_losses(model, context)
 
@@ -352,18 +400,30 @@ def test_per_example_losses_add_up_to_the_evaluation_loss(tmp_path, mode):
     from gmat.tasks.compression import per_example_losses
 
     data = corpus(tmp_path / "c.jsonl")
-    spec = CompressionTaskSpec(name="compressed_context", context_mode=mode, train_data=data, eval_data=data,
-                               test_data=data, cache_dir=str(tmp_path / "cache"), seq_len=16, context_len=16,
-                               eval_size=5)
+    spec = CompressionTaskSpec(
+        name="compressed_context",
+        context_mode=mode,
+        train_data=data,
+        eval_data=data,
+        test_data=data,
+        cache_dir=str(tmp_path / "cache"),
+        seq_len=16,
+        context_len=16,
+        eval_size=5,
+    )
     task = CompressionTask(spec, progress=False)
     torch.manual_seed(0)
     if mode == "full":  # dense (B, L, V) logits, not the sparse rows
-        cfg = {k: v for k, v in config(vocab_size=task.vocab_size).to_dict().items()
-               if k in GmatConfig().to_dict() and k not in ("num_memory_tokens", "attention_pattern")}
+        cfg = {
+            k: v
+            for k, v in config(vocab_size=task.vocab_size).to_dict().items()
+            if k in GmatConfig().to_dict() and k not in ("num_memory_tokens", "attention_pattern")
+        }
         model = GmatForMaskedLM(GmatConfig(**{**cfg, "num_hidden_layers": 2, "sparse_prediction": False}))
     else:
-        model = GmatForCompression(config(vocab_size=task.vocab_size, mask_token_id=task.special.mask,
-                                          decoder_input="tokens"))
+        model = GmatForCompression(
+            config(vocab_size=task.vocab_size, mask_token_id=task.special.mask, decoder_input="tokens")
+        )
     rows = per_example_losses(model, task, batch_size=2)  # batches of 2, 2 and 1
     assert sorted(rows) == task.eval_indices().tolist()
     with torch.no_grad():

@@ -130,9 +130,7 @@ def test_metrics_groups_partition_the_tokens():
     targets = torch.tensor([0, 1, 0, 2])
     metrics.update(logits, targets, torch.tensor([True, True, False, False]))
     out = metrics.compute()
-    assert (
-        out["all"]["tokens"] == 4 and out["outside_chunk"]["tokens"] == 2 and out["chunk_only"]["tokens"] == 2
-    )
+    assert out["all"]["tokens"] == 4 and out["outside_chunk"]["tokens"] == 2 and out["chunk_only"]["tokens"] == 2
     assert out["outside_chunk"]["accuracy"] == 1.0 and out["chunk_only"]["accuracy"] == 0.0
     assert out["all"]["accuracy"] == 0.5
     assert out["all"]["perplexity"] == pytest.approx(np.exp(out["all"]["loss"]))
@@ -265,9 +263,7 @@ def test_build_mlm_model_from_a_pretrained_checkpoint_checks_the_pattern(task, t
     spec = MLMTaskSpec(**{**vars(task.spec), "pretrained": str(tmp_path / "ckpt")})
     pre_task = MLMTask(spec, progress=False)
     loaded = pre_task.build_model(settings)
-    assert torch.equal(
-        loaded.gmat.embeddings.word_embeddings.weight, model.gmat.embeddings.word_embeddings.weight
-    )
+    assert torch.equal(loaded.gmat.embeddings.word_embeddings.weight, model.gmat.embeddings.word_embeddings.weight)
     with pytest.raises(ValueError, match="task.pretrained=.* has pattern"):
         pre_task.build_model(dataclasses.replace(settings, num_memory_tokens=5))
 
@@ -340,10 +336,20 @@ def test_swapped_memory_feeds_each_example_the_previous_examples_memory():
     from gmat import GmatConfig, GmatForMaskedLM
 
     torch.manual_seed(0)
-    config = GmatConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32, num_memory_tokens=3,
-                        attention_pattern="chunked", chunk_size=4, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, initializer_range=0.5)  # big weights: visible effects
+    config = GmatConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_memory_tokens=3,
+        attention_pattern="chunked",
+        chunk_size=4,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=0.5,
+    )  # big weights: visible effects
     model = GmatForMaskedLM(config).eval()
     ids = torch.randint(5, 50, (3, 12))
     own = model.gmat(ids).last_hidden_state  # (3, 12, d)

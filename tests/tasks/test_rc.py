@@ -149,9 +149,7 @@ MALFORMED = [
                     "paragraphs": [
                         {
                             "context": "c",
-                            "qas": [
-                                {"id": "1", "question": "q", "answers": [{"text": "c", "answer_start": "0"}]}
-                            ],
+                            "qas": [{"id": "1", "question": "q", "answers": [{"text": "c", "answer_start": "0"}]}],
                         }
                     ]
                 }
@@ -197,9 +195,7 @@ def test_missing_file_raises_file_not_found(tmp_path: Path) -> None:
         rc.load_squad(tmp_path / "nope.json")
 
 
-def test_recoverable_problems_are_skipped_counted_and_logged(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_recoverable_problems_are_skipped_counted_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ctx = "paris is the capital . paris is big ."
     data = {
         "data": [
@@ -214,9 +210,7 @@ def test_recoverable_problems_are_skipped_counted_and_logged(
                         "context": ctx,
                         "qas": [
                             qa("ok", "what is big ?", ctx, "paris", 23),  # right offset (second occurrence)
-                            qa(
-                                "moved", "what ?", ctx, "capital", 3
-                            ),  # wrong offset: realigned to the occurrence
+                            qa("moved", "what ?", ctx, "capital", 3),  # wrong offset: realigned to the occurrence
                             qa(
                                 "absent", "who ?", ctx, "london", 0
                             ),  # text not in context: answer dropped, question skipped
@@ -299,9 +293,7 @@ def test_placement_is_deterministic_and_spread() -> None:
 def planted_example(tokenizer) -> tuple[rc.RCExample, rc.TokenizedText]:
     document = f"{filler(1, 120)} the capital of w3 is paris . {filler(2, 150)}"
     start = document.index("paris")
-    ex = rc.RCExample(
-        "q", "what is the capital of w3 ?", document, (rc.Answer("paris", start),), 0, (0, 0), 0, (0,)
-    )
+    ex = rc.RCExample("q", "what is the capital of w3 ?", document, (rc.Answer("paris", start),), 0, (0, 0), 0, (0,))
     enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
     return ex, rc.TokenizedText(tuple(enc["input_ids"]), tuple(map(tuple, enc["offset_mapping"])))
 
@@ -315,9 +307,7 @@ def test_windows_cover_the_document_with_the_given_overlap(tokenizer) -> None:
     covered = []
     for w in windows:
         assert len(w.input_ids) <= 64
-        assert (
-            w.input_ids[: len(q_ids) + 2] == [2, *q_ids, 3] and w.input_ids[-1] == 3
-        )  # question in every window
+        assert w.input_ids[: len(q_ids) + 2] == [2, *q_ids, 3] and w.input_ids[-1] == 3  # question in every window
         covered.append([o for o in w.doc_offsets if o is not None])
     for a, b in zip(covered, covered[1:]):
         assert a[-16:] == b[:16] and len(a) == room  # consecutive windows share exactly `stride` tokens
@@ -362,12 +352,7 @@ def test_best_span_matches_brute_force() -> None:
         ls = torch.where(valid, s, torch.tensor(float("-inf"))).log_softmax(-1)
         le = torch.where(valid, e, torch.tensor(float("-inf"))).log_softmax(-1)
         best = max(
-            (
-                (float(ls[i] + le[j]), i, j)
-                for i in range(n)
-                for j in range(i, min(n, i + k))
-                if valid[i] and valid[j]
-            ),
+            ((float(ls[i] + le[j]), i, j) for i in range(n) for j in range(i, min(n, i + k)) if valid[i] and valid[j]),
             default=None,
         )
         assert got is not None and best is not None
@@ -387,9 +372,7 @@ def test_distance_buckets_and_scores() -> None:
         "32+",
     ]
     exs = [rc.RCExample(f"q{i}", "q", "x", (rc.Answer("Paris", 0),), 0, (0, 0), 0, (0,)) for i in range(3)]
-    scores = rc.score_predictions(
-        exs, {"q0": "paris", "q1": "the Paris.", "q2": "London"}, [5, 300, 600], 128
-    )
+    scores = rc.score_predictions(exs, {"q0": "paris", "q1": "the Paris.", "q2": "London"}, [5, 300, 600], 128)
     assert scores["em"] == pytest.approx(200 / 3)
     # per-question scores are points too, like the totals (marked so readers of old [0, 1] files can tell)
     assert [(r["em"], r["f1"], r["scale"]) for r in scores["per_question"]] == [(100.0, 100.0, 100)] * 2 + [
@@ -408,9 +391,7 @@ def test_rc_config_validation(tmp_path: Path) -> None:
     path.write_text("task: {name: rc, length: 1024}\nmodel: {num_memory_tokens: 16}\n")
     config = load_config(path, ["train.lr=3e-4", "task.length=article", "task.max_length=2048"])
     assert isinstance(config.task, rc.RCTaskSettings)
-    assert (
-        config.train.lr == 3e-4 and config.task.length == "article" and config.model.num_memory_tokens == 16
-    )
+    assert config.train.lr == 3e-4 and config.task.length == "article" and config.model.num_memory_tokens == 16
     assert config.task.model_length == 2048
     path.write_text("task: {name: rc, lenght: 1024}\n")
     with pytest.raises(ValueError, match="task.lenght"):
@@ -474,8 +455,7 @@ def test_train_eval_predict_end_to_end(tmp_path: Path, tiny_bert_dir: Path) -> N
                     "max_length": 128,
                 },
                 "model": {"num_memory_tokens": 2, "chunk_size": 16},
-                "train": {"steps": 4, "batch_size": 2, "lr": 1e-3, "log_every": 1, "device": "cpu",
-                          "progress": False},
+                "train": {"steps": 4, "batch_size": 2, "lr": 1e-3, "log_every": 1, "device": "cpu", "progress": False},
             }
         )
     )
@@ -538,17 +518,32 @@ def test_gmat_question_answering_pipeline_on_an_in_memory_model(tokenizer) -> No
     from gmat.modeling import GmatConfig, GmatForQuestionAnswering
 
     torch.manual_seed(0)
-    config = GmatConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, num_memory_tokens=2,
-                        attention_pattern="chunked", chunk_size=16)
+    config = GmatConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_memory_tokens=2,
+        attention_pattern="chunked",
+        chunk_size=16,
+    )
     model = GmatForQuestionAnswering(config).eval()
     task = register_question_answering_pipeline()
     assert register_question_answering_pipeline() == task == "gmat-question-answering"  # idempotent
     qa_pipe = pipeline(task, model=model, tokenizer=tokenizer, device="cpu")
     context = "the king of london was w7 . the queen of paris was w9 ."
     out = qa_pipe(question="who was the king of london ?", context=context, max_answer_length=3)
-    direct = predict_answer(None, "who was the king of london ?", context, max_answer_length=3, model=model,
-                            tokenizer=tokenizer, device="cpu")
+    direct = predict_answer(
+        None,
+        "who was the king of london ?",
+        context,
+        max_answer_length=3,
+        model=model,
+        tokenizer=tokenizer,
+        device="cpu",
+    )
     assert out == {key: direct[key] for key in ("score", "start", "end", "answer")}
     assert context[out["start"] : out["end"]] == out["answer"] and 0.0 <= out["score"] <= 1.0
     assert len(tokenizer(out["answer"], add_special_tokens=False)["input_ids"]) <= 3
@@ -603,11 +598,27 @@ def _rc_config(tmp_path: Path, tiny_bert_dir: Path, run: str, **train) -> dict:
         write_json(data, hand_made_squad())
     return {
         "run_dir": str(tmp_path / run),
-        "task": {"name": "rc", "pretrained": str(tiny_bert_dir), "train_file": str(data), "eval_file": str(data),
-                 "length": 96, "max_length": 128},
+        "task": {
+            "name": "rc",
+            "pretrained": str(tiny_bert_dir),
+            "train_file": str(data),
+            "eval_file": str(data),
+            "length": 96,
+            "max_length": 128,
+        },
         "model": {"num_memory_tokens": 2, "chunk_size": 16},
-        "train": {"steps": 4, "batch_size": 4, "lr": 1e-3, "log_every": 1, "eval_every": 2, "save_every": 0,
-                  "device": "cpu", "progress": False, "num_threads": 1, **train},
+        "train": {
+            "steps": 4,
+            "batch_size": 4,
+            "lr": 1e-3,
+            "log_every": 1,
+            "eval_every": 2,
+            "save_every": 0,
+            "device": "cpu",
+            "progress": False,
+            "num_threads": 1,
+            **train,
+        },
     }
 
 

@@ -53,9 +53,7 @@ def test_majority_tagging_marks_exactly_the_majority_symbol():
 
 
 def test_lookup_queries_ask_for_values_of_pairs_in_the_other_half():
-    task = make_task(
-        TaskSpec(name="lookup", seq_len=128, num_pairs=6, num_queries=4, num_keys=16, num_values=8)
-    )
+    task = make_task(TaskSpec(name="lookup", seq_len=128, num_pairs=6, num_queries=4, num_keys=16, num_values=8))
     for i in range(10):
         ex = task.example("train", i)
         ids, labels = ex["input_ids"], ex["labels"]
@@ -71,8 +69,9 @@ def test_lookup_queries_ask_for_values_of_pairs_in_the_other_half():
 
 
 def test_lookup_with_copies_and_more_queries_than_pairs():
-    task = make_task(TaskSpec(name="lookup", seq_len=256, num_pairs=4, pair_copies=5, num_queries=32,
-                              num_keys=16, num_values=8))
+    task = make_task(
+        TaskSpec(name="lookup", seq_len=256, num_pairs=4, pair_copies=5, num_queries=32, num_keys=16, num_values=8)
+    )
     for i in range(5):
         ex = task.example("test", i)
         ids, labels = ex["input_ids"], ex["labels"]
@@ -101,8 +100,9 @@ def test_task_loss_weights_positives_of_tagging_only():
     torch.testing.assert_close(weighted.loss(logits, labels), (per * w).sum() / w.sum())
     majority = make_task(TaskSpec(name="majority", seq_len=16))
     seq_logits, seq_labels = torch.randn(3, 8), torch.tensor([1, 7, 0])
-    torch.testing.assert_close(majority.loss(seq_logits, seq_labels),
-                               torch.nn.functional.cross_entropy(seq_logits, seq_labels))
+    torch.testing.assert_close(
+        majority.loss(seq_logits, seq_labels), torch.nn.functional.cross_entropy(seq_logits, seq_labels)
+    )
 
 
 def test_metrics_on_hand_checked_examples():

@@ -42,9 +42,7 @@ def test_set_overrides_from_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("# gmat train c.yaml\n" + yaml.safe_dump(tiny_config_dict(tmp_path / "r")))
     config = load_config(path, ["train.lr=3e-4", "model.num_memory_tokens=0", "train.schedule=linear"])
-    assert (
-        config.train.lr == 3e-4 and config.model.num_memory_tokens == 0 and config.train.schedule == "linear"
-    )
+    assert config.train.lr == 3e-4 and config.model.num_memory_tokens == 0 and config.train.schedule == "linear"
     with pytest.raises(ValueError, match="key=value"):
         load_config(path, ["train.lr"])
     with pytest.raises(ValueError, match=r"train\.nope"):

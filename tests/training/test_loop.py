@@ -100,9 +100,7 @@ def test_token_tasks_train_and_evaluate(tmp_path, name, metric):
 
 def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
     plain = tiny_config_dict(tmp_path / "plain", steps=3, eval_every=0, save_every=0)
-    ckpt = tiny_config_dict(
-        tmp_path / "ckpt", steps=3, eval_every=0, save_every=0, gradient_checkpointing=True
-    )
+    ckpt = tiny_config_dict(tmp_path / "ckpt", steps=3, eval_every=0, save_every=0, gradient_checkpointing=True)
     train(parse_config(plain))
     train(parse_config(ckpt))
     a, _ = _train_losses(tmp_path / "plain")

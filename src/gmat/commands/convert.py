@@ -25,12 +25,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", dest="target", required=True, help="output GMAT checkpoint directory")
     parser.add_argument("--num-memory", type=int, required=True, help="number of memory slots M")
     parser.add_argument("--pattern", choices=PATTERN_KINDS, required=True, help="sparse attention pattern")
-    parser.add_argument(
-        "--chunk-size", type=int, default=None, help="chunk size C (chunked only; default 128)"
-    )
-    parser.add_argument(
-        "--window", type=int, default=None, help="one-sided window radius w (window only; default 64)"
-    )
+    parser.add_argument("--chunk-size", type=int, default=None, help="chunk size C (chunked only; default 128)")
+    parser.add_argument("--window", type=int, default=None, help="one-sided window radius w (window only; default 64)")
     parser.add_argument(
         "--max-length",
         type=int,

@@ -116,8 +116,7 @@ def format_table(results: dict[str, Any]) -> str:
     ]
     for r in results["runs"]:
         lines.append(
-            f"{r['name']:<14} {r['num_memory']:>3} {r['pattern']:<8} {r['accuracy']:>9.3f} "
-            f"{r['train_seconds']:>8.1f}"
+            f"{r['name']:<14} {r['num_memory']:>3} {r['pattern']:<8} {r['accuracy']:>9.3f} {r['train_seconds']:>8.1f}"
         )
     return "\n".join(lines)
 

@@ -57,9 +57,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CONFIG_OR_RUN_DIR",
         help="a run directory or its YAML config (or the nested commands mlm / rc: see below)",
     )
-    parser.add_argument(
-        "--checkpoint", default="best", help="'best' (default), 'latest', or a checkpoint directory"
-    )
+    parser.add_argument("--checkpoint", default="best", help="'best' (default), 'latest', or a checkpoint directory")
     parser.add_argument(
         "--split",
         default="test",
@@ -72,9 +70,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 def cli_run(args: argparse.Namespace) -> int:
     """Run ``gmat eval``: print ``{"run_dir", "checkpoint", "split", "metrics"}`` as JSON on stdout."""
     try:
-        result = evaluate_run(
-            args.target, checkpoint=args.checkpoint, split=args.split, overrides=args.overrides
-        )
+        result = evaluate_run(args.target, checkpoint=args.checkpoint, split=args.split, overrides=args.overrides)
     except (OSError, ValueError, CheckpointError) as err:
         logger.error("%s", err)
         return 2
@@ -100,20 +96,14 @@ def add_loading_arguments(parser: argparse.ArgumentParser, head: str) -> None:
 
 def add_mlm_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gmat eval mlm``."""
-    parser.add_argument(
-        "--model", required=True, help="saved model folder (GMAT or any masked-LM checkpoint)"
-    )
+    parser.add_argument("--model", required=True, help="saved model folder (GMAT or any masked-LM checkpoint)")
     parser.add_argument(
         "--data",
         required=True,
         help='corpus: .jsonl of {"text": ...} documents, .txt, a folder, or hf:NAME[:CONFIG][@SPLIT]',
     )
-    parser.add_argument(
-        "--length", type=_int_at_least(2), default=None, help="L (default: the model's maximum length)"
-    )
-    parser.add_argument(
-        "--batch-size", type=_int_at_least(1), default=8, help="examples per forward pass (default 8)"
-    )
+    parser.add_argument("--length", type=_int_at_least(2), default=None, help="L (default: the model's maximum length)")
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=8, help="examples per forward pass (default 8)")
     parser.add_argument(
         "--split-chunk-size",
         type=_int_at_least(1),
@@ -123,18 +113,14 @@ def add_mlm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-examples", type=_int_at_least(0), default=0, help="evenly spaced examples to use (0 = all)"
     )
-    parser.add_argument(
-        "--seed", type=int, default=1234, help="masking seed (same seed = same masked tokens)"
-    )
+    parser.add_argument("--seed", type=int, default=1234, help="masking seed (same seed = same masked tokens)")
     parser.add_argument(
         "--memory-swap",
         action="store_true",
         help="control: score each example with the memory rows of the previous one in its batch (GMAT, M > 0)",
     )
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="token cache folder")
-    parser.add_argument(
-        "--tokenizer", default=None, help="tokenizer folder (default: model folder, else MiniLM)"
-    )
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: model folder, else MiniLM)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--threads", type=_int_at_least(0), default=0, help="CPU threads of torch (0 = torch's default)"
@@ -208,9 +194,7 @@ def add_rc_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="score a deterministic subsample of this many questions (default: all)",
     )
-    parser.add_argument(
-        "--max-answer-length", type=_int_at_least(1), default=None, help="in tokens (default 30)"
-    )
+    parser.add_argument("--max-answer-length", type=_int_at_least(1), default=None, help="in tokens (default 30)")
     parser.add_argument(
         "--batch-size", type=_int_at_least(1), default=8, help="features per inference batch (default 8)"
     )

@@ -20,9 +20,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gmat export``."""
     parser.add_argument("format", choices=["onnx"], help="export format (onnx)")
     parser.add_argument("--model", required=True, help="GMAT checkpoint directory (gmat convert / gmat train)")
-    parser.add_argument(
-        "--out", required=True, help="the .onnx file to write (weights go beside it in FILE.data)"
-    )
+    parser.add_argument("--out", required=True, help="the .onnx file to write (weights go beside it in FILE.data)")
     parser.add_argument(
         "--backend",
         default="blocked",

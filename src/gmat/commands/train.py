@@ -43,8 +43,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue exactly from RUN_DIR/checkpoints/LATEST (weights, optimizer, schedule, "
-        "RNG and data position)",
+        help="continue exactly from RUN_DIR/checkpoints/LATEST (weights, optimizer, schedule, RNG and data position)",
     )
     parser.add_argument(
         "--stop-after",

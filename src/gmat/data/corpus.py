@@ -77,8 +77,7 @@ def _source_files(source: Path) -> list[Path]:
         return files
     if source.suffix not in _TEXT_SUFFIXES:
         raise CorpusError(
-            f"corpus file {str(source)!r} must end in .jsonl or .txt (or use hf:NAME for a "
-            f"Hugging Face dataset)"
+            f"corpus file {str(source)!r} must end in .jsonl or .txt (or use hf:NAME for a Hugging Face dataset)"
         )
     return [source]
 
@@ -116,8 +115,7 @@ def _read_jsonl_lines(path: Path, text_field: str) -> Iterator[str]:
                 raise CorpusError(f"{path}:{lineno}: not a JSON object ({err.msg})") from err
             if not isinstance(record, dict) or text_field not in record:
                 raise CorpusError(
-                    f"{path}:{lineno}: expected a JSON object with a {text_field!r} field, got "
-                    f"{line.strip()[:80]!r}"
+                    f"{path}:{lineno}: expected a JSON object with a {text_field!r} field, got {line.strip()[:80]!r}"
                 )
             text = record[text_field]
             if not isinstance(text, str) or not text.strip():
@@ -164,9 +162,7 @@ def _read_hf(spec: str, text_field: str) -> Iterator[str]:
     try:
         import datasets
     except ImportError as err:
-        raise CorpusError(
-            f"source {spec!r} needs the optional package `datasets` (pip install datasets)"
-        ) from err
+        raise CorpusError(f"source {spec!r} needs the optional package `datasets` (pip install datasets)") from err
     dataset = datasets.load_dataset(name, config or None, split=split or "train")
     if text_field not in dataset.column_names:
         raise CorpusError(f"{spec}: dataset has no {text_field!r} column (columns: {dataset.column_names})")
@@ -269,9 +265,7 @@ class WordPieceTokenizer:
         def need(token: str) -> int:
             idx = self._tok.token_to_id(token)
             if idx is None:
-                raise CorpusError(
-                    f"tokenizer {file} has no {token} token (a BERT WordPiece vocabulary is needed)"
-                )
+                raise CorpusError(f"tokenizer {file} has no {token} token (a BERT WordPiece vocabulary is needed)")
             return idx
 
         self.special = SpecialTokens(
@@ -339,9 +333,7 @@ class TokenCache:
             raise CorpusError(f"{self.folder} is not a token cache (no meta.json)")
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         n = int(self.meta["num_tokens"])
-        self.tokens: np.ndarray = np.memmap(
-            self.folder / "tokens.bin", dtype=self.meta["dtype"], mode="r", shape=(n,)
-        )
+        self.tokens: np.ndarray = np.memmap(self.folder / "tokens.bin", dtype=self.meta["dtype"], mode="r", shape=(n,))
         self.doc_offsets: np.ndarray = np.load(self.folder / "doc_offsets.npy")
         self.special = SpecialTokens(**self.meta["special"])
         self.vocab_size = int(self.meta["vocab_size"])
@@ -362,9 +354,7 @@ class TokenCache:
 
 
 def _cache_key(fingerprint: dict[str, Any], tokenizer_hash: str) -> str:
-    blob = json.dumps(
-        {"v": CACHE_VERSION, "source": fingerprint, "tokenizer": tokenizer_hash}, sort_keys=True
-    )
+    blob = json.dumps({"v": CACHE_VERSION, "source": fingerprint, "tokenizer": tokenizer_hash}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -513,8 +503,4 @@ class PackedExamples:
 
     def batch(self, indices: list[int] | range | np.ndarray) -> np.ndarray:
         """Examples ``indices`` stacked into ``(B, L)`` int64."""
-        return (
-            np.stack([self[int(i)] for i in indices])
-            if len(indices)
-            else np.empty((0, self.length), np.int64)
-        )
+        return np.stack([self[int(i)] for i in indices]) if len(indices) else np.empty((0, self.length), np.int64)

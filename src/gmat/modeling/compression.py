@@ -90,17 +90,14 @@ class GmatCompressionConfig(GmatConfig):
                 raise ValueError(f"GmatCompressionConfig.{name} must be an int >= {minimum}, got {value!r}")
         if self.decoder_input not in DECODER_INPUTS:
             raise ValueError(
-                f"GmatCompressionConfig.decoder_input must be one of {DECODER_INPUTS}, "
-                f"got {self.decoder_input!r}"
+                f"GmatCompressionConfig.decoder_input must be one of {DECODER_INPUTS}, got {self.decoder_input!r}"
             )
         if isinstance(self.num_memory_tokens, int) and self.num_memory_tokens < 1:
             raise ValueError(
                 f"GmatCompressionConfig.num_memory_tokens must be >= 1 (the memory is the "
                 f"bottleneck), got {self.num_memory_tokens}"
             )
-        self.num_hidden_layers = (
-            self.num_encoder_layers + self.num_bottleneck_layers + self.num_decoder_layers
-        )
+        self.num_hidden_layers = self.num_encoder_layers + self.num_bottleneck_layers + self.num_decoder_layers
         super().__post_init__(**kwargs)
 
     def bottleneck_config(self) -> GmatConfig:
@@ -310,9 +307,7 @@ class GmatForCompression(GmatPreTrainedModel):
         logits = self.cls(hidden)  # (B, L, V), or (N, V) with sparse prediction
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
-            )
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
         output = GmatCompressionOutput(loss=loss, logits=logits, memory=memory)
         return output if return_dict else output.to_tuple()
 
@@ -349,8 +344,11 @@ def compression_from_masked_lm(
             f"the source model has {have} layers; n_enc + n_mid = {num_encoder_layers + num_bottleneck_layers} "
             f"and n_dec = {num_decoder_layers} must each be <= {have}"
         )
-    shared = {f.name: getattr(source, f.name) for f in dataclasses.fields(GmatConfig)
-              if f.init and f.name not in ("num_hidden_layers", "architectures", "transformers_version")}
+    shared = {
+        f.name: getattr(source, f.name)
+        for f in dataclasses.fields(GmatConfig)
+        if f.init and f.name not in ("num_hidden_layers", "architectures", "transformers_version")
+    }
     config = GmatCompressionConfig(
         **shared,
         num_encoder_layers=num_encoder_layers,

@@ -303,8 +303,7 @@ def load_bert_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     if (source / "pytorch_model.bin").is_file():
         return torch.load(source / "pytorch_model.bin", map_location="cpu", weights_only=True)
     raise ValueError(
-        f"{source} holds no weights: expected model.safetensors, model.safetensors.index.json "
-        f"or pytorch_model.bin"
+        f"{source} holds no weights: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
     )
 
 
@@ -335,8 +334,7 @@ def _normalise_keys(
     missing = [k for k in required if k not in encoder]
     if missing:
         raise ValueError(
-            f"{source} is not a BERT-like checkpoint: missing {missing} "
-            f"(found keys such as {sorted(state)[:5]})"
+            f"{source} is not a BERT-like checkpoint: missing {missing} (found keys such as {sorted(state)[:5]})"
         )
     if dropped:
         logger.info("dropping %d tensors that GMAT does not use: %s", len(dropped), dropped[:8])
@@ -384,9 +382,7 @@ def _extend_positions(table: torch.Tensor, max_length: int) -> torch.Tensor:
     return table[index].clone()
 
 
-def _memory_init(
-    encoder: dict[str, torch.Tensor], num_memory: int, cls_id: int | None, cls_token: str
-) -> torch.Tensor:
+def _memory_init(encoder: dict[str, torch.Tensor], num_memory: int, cls_id: int | None, cls_token: str) -> torch.Tensor:
     """Build the ``(M, d)`` memory table ``word[CLS] + token_type[0] + position[i mod P]`` (module doc)."""
     words = encoder["embeddings.word_embeddings.weight"]
     positions = encoder["embeddings.position_embeddings.weight"]

@@ -147,8 +147,7 @@ def _require(module: str) -> None:
         importlib.import_module(module)
     except ImportError as err:
         raise ValueError(
-            f"ONNX export needs the {module} package, which is not installed (pip install onnx onnxscript "
-            f"onnxruntime)"
+            f"ONNX export needs the {module} package, which is not installed (pip install onnx onnxscript onnxruntime)"
         ) from err
 
 

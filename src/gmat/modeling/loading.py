@@ -78,8 +78,7 @@ def write_manifest(directory: str | Path) -> None:
     directory = Path(directory)
     files = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
     manifest = {
-        name: {"sha256": _sha256(directory / name), "bytes": (directory / name).stat().st_size}
-        for name in files
+        name: {"sha256": _sha256(directory / name), "bytes": (directory / name).stat().st_size} for name in files
     }
     with open(directory / MANIFEST_FILE, "w") as f:
         json.dump(manifest, f, indent=1)
@@ -132,9 +131,7 @@ def verify_manifest(directory: str | Path, names: tuple[str, ...] | None = None)
             raise CheckpointError(f"{path}: missing")
         size = path.stat().st_size
         if size != manifest[name]["bytes"]:
-            raise CheckpointError(
-                f"{path}: truncated or corrupted ({size} bytes, expected {manifest[name]['bytes']})"
-            )
+            raise CheckpointError(f"{path}: truncated or corrupted ({size} bytes, expected {manifest[name]['bytes']})")
         if _sha256(path) != manifest[name]["sha256"]:
             raise CheckpointError(f"{path}: corrupted (SHA-256 does not match {manifest_path})")
 

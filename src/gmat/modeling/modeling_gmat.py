@@ -353,9 +353,7 @@ class GmatLayer(GradientCheckpointingLayer):
         self.intermediate = GmatIntermediate(config)
         self.output = GmatOutput(config)
 
-    def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, M+L, d)`` and a ``(B, L)`` bool mask → ``(B, M+L, d)``."""
         attended = self.attention(hidden_states, attention_mask)
         if _RECOMPUTE_FFN_ACTIVATION and self.training and torch.is_grad_enabled() and not _tracing():
@@ -456,8 +454,7 @@ def _check_inputs(
     for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
         if t is not None and tuple(t.shape) != tuple(input_ids.shape):
             raise ValueError(
-                f"{name} must have the shape of input_ids (B, L) = {tuple(input_ids.shape)}, "
-                f"got {tuple(t.shape)}"
+                f"{name} must have the shape of input_ids (B, L) = {tuple(input_ids.shape)}, got {tuple(t.shape)}"
             )
     if position_ids is not None and (
         position_ids.dim() != 2
@@ -672,9 +669,7 @@ class GmatForMaskedLM(GmatPreTrainedModel):
         logits = self.cls(hidden)  # (B, L, V), or (N, V) with sparse prediction
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100
-            )
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
         output = GmatMaskedLMOutput(loss=loss, logits=logits, **_states(outputs))
         return output if return_dict else output.to_tuple()
 
@@ -804,9 +799,7 @@ class GmatForTokenClassification(GmatPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, L, num_labels)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits.reshape(-1, self.num_labels).float(), labels.reshape(-1), ignore_index=-100
-            )
+            loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1), ignore_index=-100)
         output = GmatTokenClassifierOutput(loss=loss, logits=logits, **_states(outputs))
         return output if return_dict else output.to_tuple()
 
@@ -857,9 +850,7 @@ class GmatForQuestionAnswering(GmatPreTrainedModel):
             return_dict=True,
         )
         logits = self.qa_outputs(outputs.last_hidden_state)  # (B, L, 2)
-        start_logits, end_logits = (
-            t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1)
-        )  # (B, L) each
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # (B, L) each
         loss = None
         if start_positions is not None and end_positions is not None:
             # Positions outside the sequence (e.g. truncated answers) are clamped to L and ignored.

@@ -33,7 +33,6 @@ def masked_lm_logits(
     return model(input_ids=input_ids, attention_mask=attention_mask).logits[select]
 
 
-
 @contextlib.contextmanager
 def swapped_memory(model: torch.nn.Module) -> Iterator[None]:
     """Inside the block, every GMAT layer hands on the memory rows of the previous example in the batch.

@@ -56,8 +56,9 @@ def window_block_size(window: int) -> int:
     return max(window, _MIN_WINDOW_BLOCK)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-          dropout_p: float, scale: float | None) -> torch.Tensor:
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float, scale: float | None
+) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
@@ -95,8 +96,12 @@ def _merges_on_cpu(q: torch.Tensor, pattern: AttentionPattern, dropout_p: float)
     walks the rows in a Python loop over the length, which a dynamic-shape graph cannot trace. Both take the
     batched-SDPA route, which computes the same attention.
     """
-    return (q.device.type == "cpu" and pattern.kind in ("chunked", "window") and dropout_p == 0.0
-            and not torch.compiler.is_compiling())  # is_compiling() is also True under torch.export
+    return (
+        q.device.type == "cpu"
+        and pattern.kind in ("chunked", "window")
+        and dropout_p == 0.0
+        and not torch.compiler.is_compiling()
+    )  # is_compiling() is also True under torch.export
 
 
 def blocked_attention(
@@ -271,8 +276,9 @@ def _row_groups(seq_len: int, chunk: int, rows_per_group: int) -> list[tuple[int
     return groups
 
 
-def _group_key_mask(seq_valid: torch.Tensor | None, start: int, n_chunks: int, chunk: int, heads: int,
-                    dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _group_key_mask(
+    seq_valid: torch.Tensor | None, start: int, n_chunks: int, chunk: int, heads: int, dtype: torch.dtype
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Additive mask of a group's chunk keys, ``(B·H, nc, 1, c)``, and its fully padded chunks, ``(B, 1, nc, 1)``.
 
     Both are None without padding.
@@ -280,7 +286,7 @@ def _group_key_mask(seq_valid: torch.Tensor | None, start: int, n_chunks: int, c
     if seq_valid is None:
         return None, None
     bsz = seq_valid.shape[0]
-    valid = seq_valid[:, start:start + n_chunks * chunk].reshape(bsz, 1, n_chunks, 1, chunk)  # (B, 1, nc, 1, c)
+    valid = seq_valid[:, start : start + n_chunks * chunk].reshape(bsz, 1, n_chunks, 1, chunk)  # (B, 1, nc, 1, c)
     mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, -math.inf)
     mask = mask.expand(bsz, heads, n_chunks, 1, chunk).reshape(bsz * heads, n_chunks, 1, chunk)
     return mask, ~valid.any(dim=-1)
@@ -323,7 +329,7 @@ class _ChunkedFlashCPU(torch.autograd.Function):
             mask, dead = _group_key_mask(seq_valid, start, n_chunks, c, heads, q.dtype)
             blocks = [x[:, :, rows].reshape(bsz * heads, n_chunks, c, dim) for x in (q, k, v)]
             o_chunk, lse_chunk = flash(*blocks, attn_mask=mask, scale=scale)  # (B·H, nc, c, D), (B·H, nc, c)
-            out_g, lse_g = out[:, :, rows], lse[:, :, rows.start - m:rows.stop - m]  # (B,H,r,D), (B,H,r)
+            out_g, lse_g = out[:, :, rows], lse[:, :, rows.start - m : rows.stop - m]  # (B,H,r,D), (B,H,r)
             out_g.copy_(o_chunk.reshape(bsz, heads, n_chunks * c, dim))
             lse_chunk = lse_chunk.reshape(bsz, heads, n_chunks, c)
             if m == 0:  # no memory keys: the chunk is the whole softmax (a fully padded one outputs 0, lse 0)
@@ -357,8 +363,17 @@ class _ChunkedFlashCPU(torch.autograd.Function):
             for start in range(0, n, rows_per_group):
                 keys = slice(start, min(n, start + rows_per_group))
                 dq_rows, dk[:, :, keys], dv[:, :, keys] = flash_bwd(
-                    g_rows, q_rows, k[:, :, keys], v[:, :, keys], out_rows, lse_rows, 0.0, False,
-                    attn_mask=_rows_mask(key_valid, keys.start, keys.stop, q.dtype), scale=scale)
+                    g_rows,
+                    q_rows,
+                    k[:, :, keys],
+                    v[:, :, keys],
+                    out_rows,
+                    lse_rows,
+                    0.0,
+                    False,
+                    attn_mask=_rows_mask(key_valid, keys.start, keys.stop, q.dtype),
+                    scale=scale,
+                )
                 if start == 0:
                     dq[:, :, :m] = dq_rows
                 else:
@@ -366,10 +381,9 @@ class _ChunkedFlashCPU(torch.autograd.Function):
         for start, n_chunks, c in _row_groups(seq_len, chunk, rows_per_group):
             rows = slice(m + start, m + start + n_chunks * c)
             mask, _ = _group_key_mask(seq_valid, start, n_chunks, c, heads, q.dtype)
-            lse_g = lse[:, :, rows.start - m:rows.stop - m]  # (B, H, r)
+            lse_g = lse[:, :, rows.start - m : rows.stop - m]  # (B, H, r)
             blocks = [x[:, :, rows].reshape(bsz * heads, n_chunks, c, dim) for x in (grad_out, q, k, v, out)]
-            grads = flash_bwd(*blocks, lse_g.reshape(bsz * heads, n_chunks, c), 0.0, False, attn_mask=mask,
-                              scale=scale)
+            grads = flash_bwd(*blocks, lse_g.reshape(bsz * heads, n_chunks, c), 0.0, False, attn_mask=mask, scale=scale)
             for total, part in zip((dq, dk, dv), grads):  # (B·H, nc, c, D) -> rows of (B, H, M+L, D)
                 part = part.reshape(bsz, heads, n_chunks * c, dim)
                 if total is dq or m == 0:
@@ -378,8 +392,16 @@ class _ChunkedFlashCPU(torch.autograd.Function):
                     total[:, :, rows] += part
             if m > 0:  # the same queries over the memory keys
                 dq_mem, dk_mem, dv_mem = flash_bwd(
-                    grad_out[:, :, rows], q[:, :, rows], k[:, :, :m], v[:, :, :m], out[:, :, rows], lse_g,
-                    0.0, False, scale=scale)
+                    grad_out[:, :, rows],
+                    q[:, :, rows],
+                    k[:, :, :m],
+                    v[:, :, :m],
+                    out[:, :, rows],
+                    lse_g,
+                    0.0,
+                    False,
+                    scale=scale,
+                )
                 dq[:, :, rows] += dq_mem
                 dk[:, :, :m] += dk_mem
                 dv[:, :, :m] += dv_mem
@@ -394,8 +416,16 @@ def _rows_mask(key_valid: torch.Tensor | None, start: int, stop: int, dtype: tor
     return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, -math.inf)
 
 
-def _band_group(seq_valid: torch.Tensor | None, start: int, stop: int, window: int, seq_len: int,
-                dtype: torch.dtype, device: torch.device, cache: dict) -> tuple[slice, torch.Tensor, torch.Tensor]:
+def _band_group(
+    seq_valid: torch.Tensor | None,
+    start: int,
+    stop: int,
+    window: int,
+    seq_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    cache: dict,
+) -> tuple[slice, torch.Tensor, torch.Tensor]:
     """Keys and additive mask of the sequence rows ``start:stop`` under a window of radius ``window``.
 
     Returns the key slice ``lo:hi`` (sequence indices), the mask ``(B or 1, 1, g, K)`` (0 or -inf) and the
@@ -459,8 +489,9 @@ class _WindowFlashCPU(torch.autograd.Function):
         lse = q.new_empty(bsz, heads, seq_len, dtype=acc)  # (B, H, L)
         lse_rows = None
         if m > 0:
-            out_rows, lse_rows = flash(q[:, :, :m], k, v, attn_mask=_rows_mask(key_valid, 0, n, q.dtype),
-                                       scale=scale)  # (B, H, M, D), (B, H, M)
+            out_rows, lse_rows = flash(
+                q[:, :, :m], k, v, attn_mask=_rows_mask(key_valid, 0, n, q.dtype), scale=scale
+            )  # (B, H, M, D), (B, H, M)
             out[:, :, :m] = out_rows
         bad = _any_poisoned(poison)
         k_mem, v_mem = _finite_rows(k[:, :, :m], bad), _finite_rows(v[:, :, :m], bad)
@@ -468,9 +499,9 @@ class _WindowFlashCPU(torch.autograd.Function):
         for start in range(0, seq_len, band_rows):
             stop = min(seq_len, start + band_rows)
             keys, mask, dead = _band_group(seq_valid, start, stop, window, seq_len, q.dtype, q.device, cache)
-            q_g = _finite_rows(q[:, :, m + start:m + stop], bad)  # (B, H, g, D)
-            k_g, v_g = (_finite_rows(x[:, :, m + keys.start:m + keys.stop], bad) for x in (k, v))  # (B, H, K, D)
-            out_g, lse_g = out[:, :, m + start:m + stop], lse[:, :, start:stop]
+            q_g = _finite_rows(q[:, :, m + start : m + stop], bad)  # (B, H, g, D)
+            k_g, v_g = (_finite_rows(x[:, :, m + keys.start : m + keys.stop], bad) for x in (k, v))  # (B, H, K, D)
+            out_g, lse_g = out[:, :, m + start : m + stop], lse[:, :, start:stop]
             o_band, lse_band = flash(q_g, k_g, v_g, attn_mask=mask, scale=scale)  # (B,H,g,D), (B,H,g)
             out_g.copy_(o_band)
             if m == 0:  # the band is the whole softmax (a row with no key outputs 0, lse 0)
@@ -506,8 +537,17 @@ class _WindowFlashCPU(torch.autograd.Function):
             for start in range(0, n, rows_per_group):
                 keys = slice(start, min(n, start + rows_per_group))
                 dq_rows, dk[:, :, keys], dv[:, :, keys] = flash_bwd(
-                    g_rows, q_rows, k[:, :, keys], v[:, :, keys], out_rows, lse_rows, 0.0, False,
-                    attn_mask=_rows_mask(key_valid, keys.start, keys.stop, q.dtype), scale=scale)
+                    g_rows,
+                    q_rows,
+                    k[:, :, keys],
+                    v[:, :, keys],
+                    out_rows,
+                    lse_rows,
+                    0.0,
+                    False,
+                    attn_mask=_rows_mask(key_valid, keys.start, keys.stop, q.dtype),
+                    scale=scale,
+                )
                 if start == 0:
                     dq[:, :, :m] = dq_rows
                 else:

@@ -18,8 +18,15 @@ from gmat.ops.flex import flex_attention_gmat
 from gmat.ops.pattern import AttentionPattern
 from gmat.ops.reference import reference_attention
 
-__all__ = ["Backend", "register_backend", "get_backend", "list_backends", "select_backend",
-           "not_supported_reasons", "gmat_attention"]
+__all__ = [
+    "Backend",
+    "register_backend",
+    "get_backend",
+    "list_backends",
+    "select_backend",
+    "not_supported_reasons",
+    "gmat_attention",
+]
 
 AttentionFn = Callable[..., torch.Tensor]
 
@@ -76,8 +83,13 @@ def list_backends() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def not_supported_reasons(backend: Backend, q: torch.Tensor, pattern: AttentionPattern,
-                          dropout_p: float = 0.0, requires_grad: bool | None = None) -> list[str]:
+def not_supported_reasons(
+    backend: Backend,
+    q: torch.Tensor,
+    pattern: AttentionPattern,
+    dropout_p: float = 0.0,
+    requires_grad: bool | None = None,
+) -> list[str]:
     """Why ``backend`` cannot run on these inputs (empty list = it can)."""
     reasons = []
     if q.device.type not in backend.devices:
@@ -97,8 +109,9 @@ def not_supported_reasons(backend: Backend, q: torch.Tensor, pattern: AttentionP
     return reasons
 
 
-def select_backend(q: torch.Tensor, pattern: AttentionPattern, dropout_p: float = 0.0,
-                   requires_grad: bool | None = None) -> Backend:
+def select_backend(
+    q: torch.Tensor, pattern: AttentionPattern, dropout_p: float = 0.0, requires_grad: bool | None = None
+) -> Backend:
     """The highest-priority backend that accepts the inputs; raises listing every refusal."""
     candidates = sorted((b for b in _REGISTRY.values() if b.priority is not None), key=lambda b: b.priority)
     all_reasons = []
@@ -110,8 +123,15 @@ def select_backend(q: torch.Tensor, pattern: AttentionPattern, dropout_p: float 
     raise ValueError("no attention backend accepts these inputs:\n  " + "\n  ".join(all_reasons))
 
 
-def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern,
-              attention_mask: torch.Tensor | None, dropout_p: float, scale: float | None) -> None:
+def _validate(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: AttentionPattern,
+    attention_mask: torch.Tensor | None,
+    dropout_p: float,
+    scale: float | None,
+) -> None:
     if not isinstance(pattern, AttentionPattern):
         raise ValueError(f"pattern must be an AttentionPattern, got {type(pattern).__name__}")
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -122,8 +142,10 @@ def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Attent
         if t.dtype not in _FLOAT_DTYPES:
             raise ValueError(f"{name} must be a floating tensor, got dtype {t.dtype}")
     if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v must have the same shape (B, H, M+L, D), got q {tuple(q.shape)}, "
-                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(
+            f"q, k, v must have the same shape (B, H, M+L, D), got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.device != q.device or v.device != q.device:
@@ -137,8 +159,7 @@ def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Attent
             raise ValueError(f"attention_mask must be a bool tensor (True = real token), got {got}")
         expected = (q.shape[0], n - m)
         if tuple(attention_mask.shape) != expected:
-            raise ValueError(f"attention_mask must have shape (B, L) = {expected}, "
-                             f"got {tuple(attention_mask.shape)}")
+            raise ValueError(f"attention_mask must have shape (B, L) = {expected}, got {tuple(attention_mask.shape)}")
         if attention_mask.device != q.device:
             raise ValueError(f"attention_mask must be on {q.device}, got {attention_mask.device}")
     if not 0.0 <= dropout_p < 1.0:
@@ -211,30 +232,56 @@ def _flex_check(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
     return []
 
 
-register_backend(Backend(
-    name="reference", fn=reference_attention,
-    devices=frozenset({"cpu", "cuda"}), dtypes=_FLOAT_DTYPES, backward_devices=frozenset({"cpu", "cuda"}),
-    supports_dropout=True, max_tokens=16384, priority=None,
-))
-register_backend(Backend(
-    name="blocked", fn=blocked_attention,
-    devices=frozenset({"cpu", "cuda"}), dtypes=_FLOAT_DTYPES, backward_devices=frozenset({"cpu", "cuda"}),
-    supports_dropout=True, priority=20,
-))
-register_backend(Backend(
-    name="flex", fn=flex_attention_gmat,
-    devices=frozenset({"cpu", "cuda"}), dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
-    backward_devices=frozenset({"cuda"}), supports_dropout=False, priority=None, extra_check=_flex_check,
-))
+register_backend(
+    Backend(
+        name="reference",
+        fn=reference_attention,
+        devices=frozenset({"cpu", "cuda"}),
+        dtypes=_FLOAT_DTYPES,
+        backward_devices=frozenset({"cpu", "cuda"}),
+        supports_dropout=True,
+        max_tokens=16384,
+        priority=None,
+    )
+)
+register_backend(
+    Backend(
+        name="blocked",
+        fn=blocked_attention,
+        devices=frozenset({"cpu", "cuda"}),
+        dtypes=_FLOAT_DTYPES,
+        backward_devices=frozenset({"cpu", "cuda"}),
+        supports_dropout=True,
+        priority=20,
+    )
+)
+register_backend(
+    Backend(
+        name="flex",
+        fn=flex_attention_gmat,
+        devices=frozenset({"cpu", "cuda"}),
+        dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
+        backward_devices=frozenset({"cuda"}),
+        supports_dropout=False,
+        priority=None,
+        extra_check=_flex_check,
+    )
+)
 
 
 # ---- triton: fused kernels (optional extra). The module imports triton, so it is loaded on first call. ----
 _TRITON_HEAD_DIMS = (16, 32, 64, 128)  # kept equal to triton_kernels.SUPPORTED_HEAD_DIMS (a test checks)
 
 
-def _triton_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: AttentionPattern,
-               attention_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
-               scale: float | None = None) -> torch.Tensor:
+def _triton_fn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: AttentionPattern,
+    attention_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
     from gmat.ops.triton_kernels import triton_attention
 
     return triton_attention(q, k, v, pattern, attention_mask, dropout_p, scale)
@@ -257,8 +304,15 @@ def _triton_check(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
 
 # priority None: `auto` never picks it until the GPU crossover against `blocked`/`flex` is measured
 # (benchmarks/gpu_pack.sh, docs/benchmarks.md).
-register_backend(Backend(
-    name="triton", fn=_triton_fn,
-    devices=frozenset({"cuda"}), dtypes=frozenset({torch.float16, torch.bfloat16}),
-    backward_devices=frozenset({"cuda"}), supports_dropout=False, priority=None, extra_check=_triton_check,
-))
+register_backend(
+    Backend(
+        name="triton",
+        fn=_triton_fn,
+        devices=frozenset({"cuda"}),
+        dtypes=frozenset({torch.float16, torch.bfloat16}),
+        backward_devices=frozenset({"cuda"}),
+        supports_dropout=False,
+        priority=None,
+        extra_check=_triton_check,
+    )
+)

@@ -31,8 +31,10 @@ def _compiled_flex() -> Callable[..., torch.Tensor]:
     from torch.nn.attention.flex_attention import flex_attention
 
     config = torch._dynamo.config
-    for name, old_name in (("recompile_limit", "cache_size_limit"),  # renamed in torch 2.6; set one name only
-                           ("accumulated_recompile_limit", "accumulated_cache_size_limit")):
+    for name, old_name in (
+        ("recompile_limit", "cache_size_limit"),  # renamed in torch 2.6; set one name only
+        ("accumulated_recompile_limit", "accumulated_cache_size_limit"),
+    ):
         name = name if hasattr(config, name) else old_name
         setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
     return torch.compile(flex_attention, dynamic=False)
@@ -46,7 +48,8 @@ def _admit_shape(key: tuple) -> None:
         raise ValueError(
             f"flex: {len(_compiled_shapes)} input shapes already compiled in this process (RECOMPILE_LIMIT="
             f"{RECOMPILE_LIMIT}); another would pass torch._dynamo's recompile limit and run FlexAttention "
-            "eagerly with (M+L)^2 memory. Use backend='blocked' or 'triton', or raise gmat.ops.flex.RECOMPILE_LIMIT")
+            "eagerly with (M+L)^2 memory. Use backend='blocked' or 'triton', or raise gmat.ops.flex.RECOMPILE_LIMIT"
+        )
     _compiled_shapes.add(key)
 
 
@@ -66,20 +69,29 @@ def _mask_mod(pattern: AttentionPattern, key_valid: torch.Tensor | None) -> Call
 def _cached_block_mask(pattern: AttentionPattern, n: int, device: torch.device):  # noqa: ANN202
     from torch.nn.attention.flex_attention import create_block_mask
 
-    return create_block_mask(_mask_mod(pattern, None), B=None, H=None, Q_LEN=n, KV_LEN=n, device=device,
-                             _compile=device.type == "cuda")  # compiled: no dense (M+L)² mask at long L
+    return create_block_mask(
+        _mask_mod(pattern, None), B=None, H=None, Q_LEN=n, KV_LEN=n, device=device, _compile=device.type == "cuda"
+    )  # compiled: no dense (M+L)² mask at long L
 
 
-def flex_block_mask(pattern: AttentionPattern, n: int, device: torch.device,
-                    attention_mask: torch.Tensor | None = None):  # noqa: ANN201
+def flex_block_mask(
+    pattern: AttentionPattern, n: int, device: torch.device, attention_mask: torch.Tensor | None = None
+):  # noqa: ANN201
     """The BlockMask for ``[mem ; seq]`` of length ``n = M+L``, cached when there is no padding."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     if attention_mask is None:
         return _cached_block_mask(pattern, n, torch.device(device))
     mask_mod = _mask_mod(pattern, pattern.key_valid(attention_mask))
-    return create_block_mask(mask_mod, B=attention_mask.shape[0], H=None, Q_LEN=n, KV_LEN=n, device=device,
-                             _compile=torch.device(device).type == "cuda")
+    return create_block_mask(
+        mask_mod,
+        B=attention_mask.shape[0],
+        H=None,
+        Q_LEN=n,
+        KV_LEN=n,
+        device=device,
+        _compile=torch.device(device).type == "cuda",
+    )
 
 
 def flex_attention_gmat(
@@ -108,7 +120,16 @@ def flex_attention_gmat(
     """
     padded = None if attention_mask is None else attention_mask.shape[0]
     # what dynamo specialises on (at least): shapes, strides, dtype, device, autograd state, padding, scale
-    _admit_shape((*(tuple(x.shape) + x.stride() for x in (q, k, v)), q.dtype, q.device, q.requires_grad,
-                  torch.is_grad_enabled(), padded, scale))
+    _admit_shape(
+        (
+            *(tuple(x.shape) + x.stride() for x in (q, k, v)),
+            q.dtype,
+            q.device,
+            q.requires_grad,
+            torch.is_grad_enabled(),
+            padded,
+            scale,
+        )
+    )
     block_mask = flex_block_mask(pattern, q.shape[-2], q.device, attention_mask)
     return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale)

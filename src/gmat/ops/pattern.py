@@ -172,8 +172,9 @@ class AttentionPattern:
         there; any other pattern is returned unchanged. Backends use it so that a chunk or window larger than
         the sequence costs what the sequence costs.
         """
-        covers = ((self.kind == "chunked" and self.chunk_size >= seq_len)
-                  or (self.kind == "window" and self.window >= seq_len - 1))
+        covers = (self.kind == "chunked" and self.chunk_size >= seq_len) or (
+            self.kind == "window" and self.window >= seq_len - 1
+        )
         return AttentionPattern(self.num_memory, "dense") if covers else self
 
     # ---- predicates over sequence indices (memory excluded) ---------------------------------------
@@ -207,8 +208,9 @@ class AttentionPattern:
 
         return or_masks(is_memory_query, is_memory_key, local_pair)
 
-    def to_dense(self, seq_len: int, attention_mask: torch.Tensor | None = None,
-                 device: torch.device | str | None = None) -> torch.Tensor:
+    def to_dense(
+        self, seq_len: int, attention_mask: torch.Tensor | None = None, device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """Materialise the boolean mask over ``[mem ; seq]``.
 
         Args:

@@ -52,8 +52,14 @@ from torch.autograd.function import once_differentiable
 
 from gmat.ops.pattern import AttentionPattern
 
-__all__ = ["INTERPRET", "SUPPORTED_HEAD_DIMS", "TritonConfig", "default_config", "interpreter_usable",
-           "triton_attention"]
+__all__ = [
+    "INTERPRET",
+    "SUPPORTED_HEAD_DIMS",
+    "TritonConfig",
+    "default_config",
+    "interpreter_usable",
+    "triton_attention",
+]
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 _KIND_CODE = {"chunked": 0, "window": 1, "dense": 2}
@@ -122,8 +128,27 @@ def _pattern_ok(ok, q_pos, k_pos, MASK_KIND: tl.constexpr, SIZE):
 
 
 @triton.jit
-def _fwd_tiles(acc, l_i, m_i, q, q_pos, K, V, sk_n, sv_n, KEY_OK, lo, hi, M, qk_scale, SIZE,
-               MASK_KIND: tl.constexpr, HAS_PAD: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+def _fwd_tiles(
+    acc,
+    l_i,
+    m_i,
+    q,
+    q_pos,
+    K,
+    V,
+    sk_n,
+    sv_n,
+    KEY_OK,
+    lo,
+    hi,
+    M,
+    qk_scale,
+    SIZE,
+    MASK_KIND: tl.constexpr,
+    HAS_PAD: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Online-softmax accumulation of ``q`` (BLOCK_M, D) over key rows ``[lo, hi)`` of ``[mem ; seq]``."""
     offs_d = tl.arange(0, D)
     for start in range(lo, hi, BLOCK_N):
@@ -148,8 +173,28 @@ def _fwd_tiles(acc, l_i, m_i, q, q_pos, K, V, sk_n, sv_n, KEY_OK, lo, hi, M, qk_
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, lse, delta, q_pos, K, V, sk_n, sv_n, KEY_OK, lo, hi, M, qk_scale, SIZE,
-              MASK_KIND: tl.constexpr, HAS_PAD: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dq_tiles(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    q_pos,
+    K,
+    V,
+    sk_n,
+    sv_n,
+    KEY_OK,
+    lo,
+    hi,
+    M,
+    qk_scale,
+    SIZE,
+    MASK_KIND: tl.constexpr,
+    HAS_PAD: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Accumulate ``dS @ K`` for a query tile over key rows ``[lo, hi)`` (scale applied by the caller)."""
     offs_d = tl.arange(0, D)
     for start in range(lo, hi, BLOCK_N):
@@ -171,8 +216,28 @@ def _dq_tiles(dq, q, do, lse, delta, q_pos, K, V, sk_n, sv_n, KEY_OK, lo, hi, M,
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, k_pos, key_ok, Q, DO, LSE, DELTA, sq_n, sdo_n, lo, hi, M, qk_scale, SIZE,
-                MASK_KIND: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr):
+def _dkdv_tiles(
+    dk,
+    dv,
+    k,
+    v,
+    k_pos,
+    key_ok,
+    Q,
+    DO,
+    LSE,
+    DELTA,
+    sq_n,
+    sdo_n,
+    lo,
+    hi,
+    M,
+    qk_scale,
+    SIZE,
+    MASK_KIND: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     """Accumulate dK, dV of a key tile ``k, v`` (BLOCK_N, D) over query rows ``[lo, hi)``."""
     offs_d = tl.arange(0, D)
     for start in range(lo, hi, BLOCK_M):
@@ -196,11 +261,37 @@ def _dkdv_tiles(dk, dv, k, v, k_pos, key_ok, Q, DO, LSE, DELTA, sq_n, sdo_n, lo,
 
 # ==== forward kernels ================================================================================
 @triton.jit
-def _fwd_seq_kernel(Q, K, V, Out, LSE, KEY_OK,
-                    sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_n, skey_b,
-                    H, M, L, qk_scale, SIZE,
-                    KIND: tl.constexpr, HAS_PAD: tl.constexpr, D: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _fwd_seq_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    LSE,
+    KEY_OK,
+    sq_b,
+    sq_h,
+    sq_n,
+    sk_b,
+    sk_h,
+    sk_n,
+    sv_b,
+    sv_h,
+    sv_n,
+    so_b,
+    so_h,
+    so_n,
+    skey_b,
+    H,
+    M,
+    L,
+    qk_scale,
+    SIZE,
+    KIND: tl.constexpr,
+    HAS_PAD: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Compute O and LSE of sequence queries ``[pid*BLOCK_M, +BLOCK_M)``; grid ``(cdiv(L, BLOCK_M), B*H)``."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -223,26 +314,50 @@ def _fwd_seq_kernel(Q, K, V, Out, LSE, KEY_OK,
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, pos, K, V, sk_n, sv_n, KEY_OK, 0, M, M, qk_scale, SIZE,
-                               _NO_PATTERN, False, D, BLOCK_N)  # memory keys: always allowed
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, pos, K, V, sk_n, sv_n, KEY_OK, 0, M, M, qk_scale, SIZE, _NO_PATTERN, False, D, BLOCK_N
+    )  # memory keys: always allowed
     lo, hi = _local_span(i0, tl.minimum(i0 + BLOCK_M, L), L, KIND, SIZE)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, pos, K, V, sk_n, sv_n, KEY_OK, M + lo, M + hi, M, qk_scale,
-                               SIZE, KIND, HAS_PAD, D, BLOCK_N)
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, pos, K, V, sk_n, sv_n, KEY_OK, M + lo, M + hi, M, qk_scale, SIZE, KIND, HAS_PAD, D, BLOCK_N
+    )
 
     has_key = l_i > 0.0
     l_safe = tl.where(has_key, l_i, 1.0)
     out = acc / l_safe[:, None]  # rows without keys: acc = 0 -> zeros
     lse = tl.where(has_key, m_i + tl.math.log2(l_safe), float("inf"))
-    tl.store(Out + (M + pos)[:, None] * so_n + offs_d[None, :], out.to(Out.dtype.element_ty),
-             mask=live[:, None])
+    tl.store(Out + (M + pos)[:, None] * so_n + offs_d[None, :], out.to(Out.dtype.element_ty), mask=live[:, None])
     tl.store(LSE + M + pos, lse, mask=live)
 
 
 @triton.jit
-def _fwd_mem_kernel(Q, K, V, O_PART, LSE_PART, KEY_OK,
-                    sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, skey_b,
-                    H, M, L, SPLIT, qk_scale,
-                    HAS_PAD: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _fwd_mem_kernel(
+    Q,
+    K,
+    V,
+    O_PART,
+    LSE_PART,
+    KEY_OK,
+    sq_b,
+    sq_h,
+    sq_n,
+    sk_b,
+    sk_h,
+    sk_n,
+    sv_b,
+    sv_h,
+    sv_n,
+    skey_b,
+    H,
+    M,
+    L,
+    SPLIT,
+    qk_scale,
+    HAS_PAD: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Compute partial (O, LSE) of memory queries over key split ``pid0``; grid ``(S, M tiles, B*H)``.
 
     ``O_PART`` is ``(S, B*H, M, D)`` fp32 (normalised within the split), ``LSE_PART`` ``(S, B*H, M)``,
@@ -268,8 +383,9 @@ def _fwd_mem_kernel(Q, K, V, O_PART, LSE_PART, KEY_OK,
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     lo = split * SPLIT
     hi = tl.minimum(lo + SPLIT, M + L)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, rows, K, V, sk_n, sv_n, KEY_OK, lo, hi, M, qk_scale, 1,
-                               _NO_PATTERN, HAS_PAD, D, BLOCK_N)
+    acc, l_i, m_i = _fwd_tiles(
+        acc, l_i, m_i, q, rows, K, V, sk_n, sv_n, KEY_OK, lo, hi, M, qk_scale, 1, _NO_PATTERN, HAS_PAD, D, BLOCK_N
+    )
     has_key = l_i > 0.0
     l_safe = tl.where(has_key, l_i, 1.0)
     part = (split * n_bh + bh).to(tl.int64) * M
@@ -279,8 +395,9 @@ def _fwd_mem_kernel(Q, K, V, O_PART, LSE_PART, KEY_OK,
 
 # ==== backward kernels ===============================================================================
 @triton.jit
-def _bwd_delta_kernel(Out, DO, DELTA, so_b, so_h, so_n, sdo_b, sdo_h, sdo_n, H, N,
-                      D: tl.constexpr, BLOCK: tl.constexpr):
+def _bwd_delta_kernel(
+    Out, DO, DELTA, so_b, so_h, so_n, sdo_b, sdo_h, sdo_n, H, N, D: tl.constexpr, BLOCK: tl.constexpr
+):
     """Compute ``delta = rowsum(dO * O)`` in fp32, ``(B*H, M+L)``; grid ``(cdiv(M+L, BLOCK), B*H)``."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -289,21 +406,50 @@ def _bwd_delta_kernel(Out, DO, DELTA, so_b, so_h, so_n, sdo_b, sdo_h, sdo_n, H, 
     rows = pid * BLOCK + tl.arange(0, BLOCK)
     live = rows < N
     offs_d = tl.arange(0, D)
-    o = tl.load(Out + b * so_b + h * so_h + rows[:, None] * so_n + offs_d[None, :], mask=live[:, None],
-                other=0.0)
-    do = tl.load(DO + b * sdo_b + h * sdo_h + rows[:, None] * sdo_n + offs_d[None, :], mask=live[:, None],
-                 other=0.0)
+    o = tl.load(Out + b * so_b + h * so_h + rows[:, None] * so_n + offs_d[None, :], mask=live[:, None], other=0.0)
+    do = tl.load(DO + b * sdo_b + h * sdo_h + rows[:, None] * sdo_n + offs_d[None, :], mask=live[:, None], other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + bh.to(tl.int64) * N + rows, delta, mask=live)
 
 
 @triton.jit
-def _dq_seq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KEY_OK,
-                   sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sdo_b, sdo_h, sdo_n,
-                   sdq_b, sdq_h, sdq_n, skey_b,
-                   H, M, L, sm_scale, qk_scale, SIZE,
-                   KIND: tl.constexpr, HAS_PAD: tl.constexpr, D: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dq_seq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DQ,
+    LSE,
+    DELTA,
+    KEY_OK,
+    sq_b,
+    sq_h,
+    sq_n,
+    sk_b,
+    sk_h,
+    sk_n,
+    sv_b,
+    sv_h,
+    sv_n,
+    sdo_b,
+    sdo_h,
+    sdo_n,
+    sdq_b,
+    sdq_h,
+    sdq_n,
+    skey_b,
+    H,
+    M,
+    L,
+    sm_scale,
+    qk_scale,
+    SIZE,
+    KIND: tl.constexpr,
+    HAS_PAD: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Compute dQ of sequence queries ``[pid*BLOCK_M, +BLOCK_M)``; grid ``(cdiv(L, BLOCK_M), B*H)``."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -328,20 +474,69 @@ def _dq_seq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KEY_OK,
     lse = tl.load(LSE + rows, mask=live, other=float("inf"))
     delta = tl.load(DELTA + rows, mask=live, other=0.0)
     dq = tl.zeros([BLOCK_M, D], tl.float32)
-    dq = _dq_tiles(dq, q, do, lse, delta, pos, K, V, sk_n, sv_n, KEY_OK, 0, M, M, qk_scale, SIZE,
-                   _NO_PATTERN, False, D, BLOCK_N)
+    dq = _dq_tiles(
+        dq, q, do, lse, delta, pos, K, V, sk_n, sv_n, KEY_OK, 0, M, M, qk_scale, SIZE, _NO_PATTERN, False, D, BLOCK_N
+    )
     lo, hi = _local_span(i0, tl.minimum(i0 + BLOCK_M, L), L, KIND, SIZE)
-    dq = _dq_tiles(dq, q, do, lse, delta, pos, K, V, sk_n, sv_n, KEY_OK, M + lo, M + hi, M, qk_scale, SIZE,
-                   KIND, HAS_PAD, D, BLOCK_N)
-    tl.store(DQ + rows[:, None] * sdq_n + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
-             mask=live[:, None])
+    dq = _dq_tiles(
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        pos,
+        K,
+        V,
+        sk_n,
+        sv_n,
+        KEY_OK,
+        M + lo,
+        M + hi,
+        M,
+        qk_scale,
+        SIZE,
+        KIND,
+        HAS_PAD,
+        D,
+        BLOCK_N,
+    )
+    tl.store(DQ + rows[:, None] * sdq_n + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=live[:, None])
 
 
 @triton.jit
-def _dq_mem_kernel(Q, K, V, DO, DQ_PART, LSE, DELTA, KEY_OK,
-                   sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sdo_b, sdo_h, sdo_n, skey_b,
-                   H, M, L, SPLIT, sm_scale, qk_scale,
-                   HAS_PAD: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dq_mem_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DQ_PART,
+    LSE,
+    DELTA,
+    KEY_OK,
+    sq_b,
+    sq_h,
+    sq_n,
+    sk_b,
+    sk_h,
+    sk_n,
+    sv_b,
+    sv_h,
+    sv_n,
+    sdo_b,
+    sdo_h,
+    sdo_n,
+    skey_b,
+    H,
+    M,
+    L,
+    SPLIT,
+    sm_scale,
+    qk_scale,
+    HAS_PAD: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Partial dQ of memory queries over key split ``pid0`` into ``DQ_PART (S, B*H, M, D)`` fp32."""
     split = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -367,19 +562,55 @@ def _dq_mem_kernel(Q, K, V, DO, DQ_PART, LSE, DELTA, KEY_OK,
     dq = tl.zeros([BLOCK_M, D], tl.float32)
     lo = split * SPLIT
     hi = tl.minimum(lo + SPLIT, M + L)
-    dq = _dq_tiles(dq, q, do, lse, delta, rows, K, V, sk_n, sv_n, KEY_OK, lo, hi, M, qk_scale, 1,
-                   _NO_PATTERN, HAS_PAD, D, BLOCK_N)
+    dq = _dq_tiles(
+        dq, q, do, lse, delta, rows, K, V, sk_n, sv_n, KEY_OK, lo, hi, M, qk_scale, 1, _NO_PATTERN, HAS_PAD, D, BLOCK_N
+    )
     part = (split * n_bh + bh).to(tl.int64) * M
     tl.store(DQ_PART + (part + rows)[:, None] * D + offs_d[None, :], dq * sm_scale, mask=live[:, None])
 
 
 @triton.jit
-def _dkdv_seq_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, KEY_OK,
-                     sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sdo_b, sdo_h, sdo_n,
-                     sdk_b, sdk_h, sdk_n, sdv_b, sdv_h, sdv_n, skey_b,
-                     H, M, L, sm_scale, qk_scale, SIZE,
-                     KIND: tl.constexpr, HAS_PAD: tl.constexpr, D: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dkdv_seq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DK,
+    DV,
+    LSE,
+    DELTA,
+    KEY_OK,
+    sq_b,
+    sq_h,
+    sq_n,
+    sk_b,
+    sk_h,
+    sk_n,
+    sv_b,
+    sv_h,
+    sv_n,
+    sdo_b,
+    sdo_h,
+    sdo_n,
+    sdk_b,
+    sdk_h,
+    sdk_n,
+    sdv_b,
+    sdv_h,
+    sdv_n,
+    skey_b,
+    H,
+    M,
+    L,
+    sm_scale,
+    qk_scale,
+    SIZE,
+    KIND: tl.constexpr,
+    HAS_PAD: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """dK, dV of sequence keys ``[pid*BLOCK_N, +BLOCK_N)``; grid ``(cdiv(L, BLOCK_N), B*H)``."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
@@ -409,21 +640,49 @@ def _dkdv_seq_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, KEY_OK,
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
     # every memory query sees every (real) key
-    dk, dv = _dkdv_tiles(dk, dv, k, v, pos, key_ok, Q, DO, LSE, DELTA, sq_n, sdo_n, 0, M, M, qk_scale, SIZE,
-                         _NO_PATTERN, D, BLOCK_M)
+    dk, dv = _dkdv_tiles(
+        dk, dv, k, v, pos, key_ok, Q, DO, LSE, DELTA, sq_n, sdo_n, 0, M, M, qk_scale, SIZE, _NO_PATTERN, D, BLOCK_M
+    )
     lo, hi = _local_span(j0, tl.minimum(j0 + BLOCK_N, L), L, KIND, SIZE)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, pos, key_ok, Q, DO, LSE, DELTA, sq_n, sdo_n, M + lo, M + hi, M,
-                         qk_scale, SIZE, KIND, D, BLOCK_M)
-    tl.store(DK + rows[:, None] * sdk_n + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
-             mask=live[:, None])
+    dk, dv = _dkdv_tiles(
+        dk, dv, k, v, pos, key_ok, Q, DO, LSE, DELTA, sq_n, sdo_n, M + lo, M + hi, M, qk_scale, SIZE, KIND, D, BLOCK_M
+    )
+    tl.store(DK + rows[:, None] * sdk_n + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=live[:, None])
     tl.store(DV + rows[:, None] * sdv_n + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=live[:, None])
 
 
 @triton.jit
-def _dkdv_mem_kernel(Q, K, V, DO, DK_PART, DV_PART, LSE, DELTA,
-                     sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sdo_b, sdo_h, sdo_n,
-                     H, M, L, SPLIT, sm_scale, qk_scale,
-                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dkdv_mem_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DK_PART,
+    DV_PART,
+    LSE,
+    DELTA,
+    sq_b,
+    sq_h,
+    sq_n,
+    sk_b,
+    sk_h,
+    sk_n,
+    sv_b,
+    sv_h,
+    sv_n,
+    sdo_b,
+    sdo_h,
+    sdo_n,
+    H,
+    M,
+    L,
+    SPLIT,
+    sm_scale,
+    qk_scale,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """Partial dK, dV of memory keys over query split ``pid0`` into ``(S, B*H, M, D)`` fp32 buffers."""
     split = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -447,8 +706,9 @@ def _dkdv_mem_kernel(Q, K, V, DO, DK_PART, DV_PART, LSE, DELTA,
     dv = tl.zeros([BLOCK_N, D], tl.float32)
     lo = split * SPLIT
     hi = tl.minimum(lo + SPLIT, M + L)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, rows, live, Q, DO, LSE, DELTA, sq_n, sdo_n, lo, hi, M, qk_scale, 1,
-                         _NO_PATTERN, D, BLOCK_M)
+    dk, dv = _dkdv_tiles(
+        dk, dv, k, v, rows, live, Q, DO, LSE, DELTA, sq_n, sdo_n, lo, hi, M, qk_scale, 1, _NO_PATTERN, D, BLOCK_M
+    )
     part = (split * n_bh + bh).to(tl.int64) * M
     tl.store(DK_PART + (part + rows)[:, None] * D + offs_d[None, :], dk * sm_scale, mask=live[:, None])
     tl.store(DV_PART + (part + rows)[:, None] * D + offs_d[None, :], dv, mask=live[:, None])
@@ -489,14 +749,38 @@ def default_config(head_dim: int, device: torch.device) -> TritonConfig:
     128-row tiles spill). They are not yet tuned on hardware.
     """
     if device.type != "cuda":
-        return TritonConfig(block_m=16, block_n=16, dq_block_m=16, kv_block_m=16, kv_block_n=16, num_warps=1,
-                            num_stages=1, split_programs=4)
+        return TritonConfig(
+            block_m=16,
+            block_n=16,
+            dq_block_m=16,
+            kv_block_m=16,
+            kv_block_n=16,
+            num_warps=1,
+            num_stages=1,
+            split_programs=4,
+        )
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     if head_dim <= 64:
-        return TritonConfig(block_m=128, block_n=64, dq_block_m=128, kv_block_m=64, kv_block_n=128,
-                            num_warps=8, num_stages=3, split_programs=4 * sms)
-    return TritonConfig(block_m=128, block_n=64, dq_block_m=64, kv_block_m=32, kv_block_n=128, num_warps=8,
-                        num_stages=2, split_programs=4 * sms)
+        return TritonConfig(
+            block_m=128,
+            block_n=64,
+            dq_block_m=128,
+            kv_block_m=64,
+            kv_block_n=128,
+            num_warps=8,
+            num_stages=3,
+            split_programs=4 * sms,
+        )
+    return TritonConfig(
+        block_m=128,
+        block_n=64,
+        dq_block_m=64,
+        kv_block_m=32,
+        kv_block_n=128,
+        num_warps=8,
+        num_stages=2,
+        split_programs=4 * sms,
+    )
 
 
 def interpreter_usable() -> bool:
@@ -537,8 +821,17 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 # ==== host side ======================================================================================
-def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_ok: torch.Tensor | None, kind: int,
-             size: int, m: int, sm_scale: float, cfg: TritonConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_ok: torch.Tensor | None,
+    kind: int,
+    size: int,
+    m: int,
+    sm_scale: float,
+    cfg: TritonConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernels. Returns O ``(B, H, M+L, D)`` and LSE ``(B, H, M+L)`` (log2 units)."""
     bsz, heads, n, dim = q.shape
     seq_len = n - m
@@ -552,9 +845,29 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_ok: torch.Te
 
     grid = (triton.cdiv(seq_len, cfg.block_m), bsz * heads)
     _fwd_seq_kernel[grid](
-        q, k, v, out, lse, key_arg, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        skey_b, heads, m, seq_len, qk_scale, size,
-        KIND=kind, HAS_PAD=has_pad, D=dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **launch)
+        q,
+        k,
+        v,
+        out,
+        lse,
+        key_arg,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        *_strides(out),
+        skey_b,
+        heads,
+        m,
+        seq_len,
+        qk_scale,
+        size,
+        KIND=kind,
+        HAS_PAD=has_pad,
+        D=dim,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        **launch,
+    )
     if m == 0:
         return out, lse
 
@@ -564,9 +877,27 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_ok: torch.Te
     o_part = torch.empty((splits, bsz, heads, m, dim), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((splits, bsz, heads, m), dtype=torch.float32, device=q.device)
     _fwd_mem_kernel[(splits, n_mtiles, bsz * heads)](
-        q, k, v, o_part, lse_part, key_arg, *_strides(q), *_strides(k), *_strides(v), skey_b,
-        heads, m, seq_len, per_split, qk_scale,
-        HAS_PAD=has_pad, D=dim, BLOCK_M=mb, BLOCK_N=cfg.block_n, **launch)
+        q,
+        k,
+        v,
+        o_part,
+        lse_part,
+        key_arg,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        skey_b,
+        heads,
+        m,
+        seq_len,
+        per_split,
+        qk_scale,
+        HAS_PAD=has_pad,
+        D=dim,
+        BLOCK_M=mb,
+        BLOCK_N=cfg.block_n,
+        **launch,
+    )
     # Merge the splits by LSE. Split 0 holds the memory keys, so every memory row has a finite LSE.
     top = lse_part.amax(dim=0)  # (B, H, M)
     weight = torch.exp2(lse_part - top)  # (S, B, H, M); -inf (empty split) -> 0
@@ -576,9 +907,20 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_ok: torch.Te
     return out, lse
 
 
-def _backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-              lse: torch.Tensor, key_ok: torch.Tensor | None, kind: int, size: int, m: int, sm_scale: float,
-              cfg: TritonConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    key_ok: torch.Tensor | None,
+    kind: int,
+    size: int,
+    m: int,
+    sm_scale: float,
+    cfg: TritonConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward kernels. Returns dQ, dK, dV shaped like q."""
     bsz, heads, n, dim = q.shape
     seq_len = n - m
@@ -594,16 +936,67 @@ def _backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     delta = torch.empty((bsz, heads, n), dtype=torch.float32, device=q.device)
     block = 64 if q.is_cuda else 16
     _bwd_delta_kernel[(triton.cdiv(n, block), bsz * heads)](
-        out, do, delta, *_strides(out), *_strides(do), heads, n, D=dim, BLOCK=block, num_warps=cfg.num_warps)
+        out, do, delta, *_strides(out), *_strides(do), heads, n, D=dim, BLOCK=block, num_warps=cfg.num_warps
+    )
 
     _dq_seq_kernel[(triton.cdiv(seq_len, cfg.dq_block_m), bsz * heads)](
-        q, k, v, do, dq, lse, delta, key_arg, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
-        *_strides(dq), skey_b, heads, m, seq_len, sm_scale, qk_scale, size,
-        KIND=kind, HAS_PAD=has_pad, D=dim, BLOCK_M=cfg.dq_block_m, BLOCK_N=cfg.block_n, **launch)
+        q,
+        k,
+        v,
+        do,
+        dq,
+        lse,
+        delta,
+        key_arg,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        *_strides(do),
+        *_strides(dq),
+        skey_b,
+        heads,
+        m,
+        seq_len,
+        sm_scale,
+        qk_scale,
+        size,
+        KIND=kind,
+        HAS_PAD=has_pad,
+        D=dim,
+        BLOCK_M=cfg.dq_block_m,
+        BLOCK_N=cfg.block_n,
+        **launch,
+    )
     _dkdv_seq_kernel[(triton.cdiv(seq_len, cfg.kv_block_n), bsz * heads)](
-        q, k, v, do, dk, dv, lse, delta, key_arg, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
-        *_strides(dk), *_strides(dv), skey_b, heads, m, seq_len, sm_scale, qk_scale, size,
-        KIND=kind, HAS_PAD=has_pad, D=dim, BLOCK_M=cfg.kv_block_m, BLOCK_N=cfg.kv_block_n, **launch)
+        q,
+        k,
+        v,
+        do,
+        dk,
+        dv,
+        lse,
+        delta,
+        key_arg,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        *_strides(do),
+        *_strides(dk),
+        *_strides(dv),
+        skey_b,
+        heads,
+        m,
+        seq_len,
+        sm_scale,
+        qk_scale,
+        size,
+        KIND=kind,
+        HAS_PAD=has_pad,
+        D=dim,
+        BLOCK_M=cfg.kv_block_m,
+        BLOCK_N=cfg.kv_block_n,
+        **launch,
+    )
     if m == 0:
         return dq, dk, dv
 
@@ -612,18 +1005,60 @@ def _backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     splits, per_split = _split(n, cfg.block_n, n_mtiles * bsz * heads, cfg.split_programs)
     dq_part = torch.empty((splits, bsz, heads, m, dim), dtype=torch.float32, device=q.device)
     _dq_mem_kernel[(splits, n_mtiles, bsz * heads)](
-        q, k, v, do, dq_part, lse, delta, key_arg, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
-        skey_b, heads, m, seq_len, per_split, sm_scale, qk_scale,
-        HAS_PAD=has_pad, D=dim, BLOCK_M=mb, BLOCK_N=cfg.block_n, **launch)
+        q,
+        k,
+        v,
+        do,
+        dq_part,
+        lse,
+        delta,
+        key_arg,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        *_strides(do),
+        skey_b,
+        heads,
+        m,
+        seq_len,
+        per_split,
+        sm_scale,
+        qk_scale,
+        HAS_PAD=has_pad,
+        D=dim,
+        BLOCK_M=mb,
+        BLOCK_N=cfg.block_n,
+        **launch,
+    )
     dq[:, :, :m] = dq_part.sum(dim=0).to(dq.dtype)
 
     splits, per_split = _split(n, cfg.kv_block_m, n_mtiles * bsz * heads, cfg.split_programs)
     dk_part = torch.empty((splits, bsz, heads, m, dim), dtype=torch.float32, device=q.device)
     dv_part = torch.empty_like(dk_part)
     _dkdv_mem_kernel[(splits, n_mtiles, bsz * heads)](
-        q, k, v, do, dk_part, dv_part, lse, delta, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
-        heads, m, seq_len, per_split, sm_scale, qk_scale,
-        D=dim, BLOCK_M=cfg.kv_block_m, BLOCK_N=mb, **launch)
+        q,
+        k,
+        v,
+        do,
+        dk_part,
+        dv_part,
+        lse,
+        delta,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        *_strides(do),
+        heads,
+        m,
+        seq_len,
+        per_split,
+        sm_scale,
+        qk_scale,
+        D=dim,
+        BLOCK_M=cfg.kv_block_m,
+        BLOCK_N=mb,
+        **launch,
+    )
     dk[:, :, :m] = dk_part.sum(dim=0).to(dk.dtype)
     dv[:, :, :m] = dv_part.sum(dim=0).to(dv.dtype)
     return dq, dk, dv
@@ -633,9 +1068,18 @@ class _TritonGmatAttention(torch.autograd.Function):
     """Autograd wrapper: saves Q, K, V, Out and the row LSE; recomputes probabilities in the backward pass."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # noqa: ANN001
-                key_ok: torch.Tensor | None, kind: int, size: int, m: int, sm_scale: float,
-                cfg: TritonConfig) -> torch.Tensor:
+    def forward(
+        ctx,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,  # noqa: ANN001
+        key_ok: torch.Tensor | None,
+        kind: int,
+        size: int,
+        m: int,
+        sm_scale: float,
+        cfg: TritonConfig,
+    ) -> torch.Tensor:
         out, lse = _forward(q, k, v, key_ok, kind, size, m, sm_scale, cfg)
         ctx.save_for_backward(q, k, v, out, lse, key_ok)
         ctx.meta = (kind, size, m, sm_scale, cfg)
@@ -688,8 +1132,10 @@ def triton_attention(
     if q.device.type != "cuda" and not INTERPRET:
         raise ValueError("triton: CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 before import)")
     if INTERPRET and not _LANG_INTERPRETED:
-        raise RuntimeError("triton: TRITON_INTERPRET=1 was set after `triton` was first imported, so "
-                           "triton.language is compiled for GPU; set it before anything imports triton")
+        raise RuntimeError(
+            "triton: TRITON_INTERPRET=1 was set after `triton` was first imported, so "
+            "triton.language is compiled for GPU; set it before anything imports triton"
+        )
     kind = _KIND_CODE[pattern.kind]
     size = {"chunked": pattern.chunk_size, "window": pattern.window, "dense": 1}[pattern.kind]
     sm_scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)

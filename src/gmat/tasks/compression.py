@@ -80,9 +80,7 @@ class CompressionTaskSpec(CorpusSettings):
         if self.context_mode not in CONTEXT_MODES:
             raise ValueError(f"task.context_mode must be one of {CONTEXT_MODES}, got {self.context_mode!r}")
         if self.seq_len < 2 or (self.name == "compressed_context" and self.context_len < 2):
-            raise ValueError(
-                f"task.seq_len and task.context_len must be >= 2, got {self.seq_len}, {self.context_len}"
-            )
+            raise ValueError(f"task.seq_len and task.context_len must be >= 2, got {self.seq_len}, {self.context_len}")
         if not 0.0 < self.mlm_probability < 1.0 or self.eval_size < 0:
             raise ValueError(
                 f"task.mlm_probability must be in (0, 1) and task.eval_size >= 0, got "
@@ -233,8 +231,9 @@ class CompressionTask(CountingTask):
         return token_metrics(counts)
 
 
-def memory_swap_losses(model: torch.nn.Module, task: CompressionTask, split: str = "eval",
-                       batch_size: int = 8) -> dict[str, float]:
+def memory_swap_losses(
+    model: torch.nn.Module, task: CompressionTask, split: str = "eval", batch_size: int = 8
+) -> dict[str, float]:
     """Reconstruction control: the loss with each example's own memory and with another example's.
 
     Does the decoder read the memory at all? Scores the evaluation examples of ``split`` twice, decoding each
@@ -253,9 +252,11 @@ def memory_swap_losses(model: torch.nn.Module, task: CompressionTask, split: str
         ValueError: for another task or decoder, or ``batch_size`` < 2.
     """
     if task.spec.name != "reconstruction" or getattr(model.config, "decoder_input", None) != "content_free":
-        raise ValueError("memory_swap_losses is a reconstruction control: task.name='reconstruction' and a "
-                         f"content-free decoder, got {task.spec.name!r} and "
-                         f"{getattr(model.config, 'decoder_input', None)!r}")
+        raise ValueError(
+            "memory_swap_losses is a reconstruction control: task.name='reconstruction' and a "
+            f"content-free decoder, got {task.spec.name!r} and "
+            f"{getattr(model.config, 'decoder_input', None)!r}"
+        )
     if batch_size < 2:
         raise ValueError(f"batch_size must be >= 2 (the memory comes from another example), got {batch_size}")
     totals = {"own": 0.0, "swapped": 0.0}
@@ -280,8 +281,9 @@ def memory_swap_losses(model: torch.nn.Module, task: CompressionTask, split: str
     return {"own_loss": own, "swapped_loss": swapped, "swap_gap": swapped - own, "tokens": tokens}
 
 
-def per_example_losses(model: torch.nn.Module, task: CompressionTask, split: str = "eval",
-                       batch_size: int = 8) -> dict[int, list[float]]:
+def per_example_losses(
+    model: torch.nn.Module, task: CompressionTask, split: str = "eval", batch_size: int = 8
+) -> dict[int, list[float]]:
     """Each evaluation example's summed loss and scored-token count, for paired comparisons between models.
 
     Every context mode scores the same masked tokens of segment B (the masks are seeded by example), so two

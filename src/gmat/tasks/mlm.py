@@ -233,8 +233,9 @@ def pack_split(spec: Any, split: str, tokenizer: WordPieceTokenizer, window: int
     source = {"train": spec.train_data, "eval": spec.eval_data, "test": spec.test_data}[split]
     if not source:
         raise ValueError(f"task.{split}_data is not set: name the {split} corpus, e.g. --set task.{split}_data=FILE")
-    cache = build_token_cache(source, spec.cache_dir, tokenizer=tokenizer, text_field=spec.text_field,
-                              progress=progress)
+    cache = build_token_cache(
+        source, spec.cache_dir, tokenizer=tokenizer, text_field=spec.text_field, progress=progress
+    )
     return PackedExamples(cache, window)
 
 
@@ -498,14 +499,10 @@ def evaluate_mlm(
     if isinstance(data, TokenCache):
         cache = data
     else:
-        tok_path = tokenizer or (
-            model_path if model_path and (model_path / "tokenizer.json").is_file() else None
-        )
+        tok_path = tokenizer or (model_path if model_path and (model_path / "tokenizer.json").is_file() else None)
         tok = WordPieceTokenizer(tok_path)
         cache = build_token_cache(data, cache_dir, tokenizer=tok, progress=progress)
-    net, _, report = _load_model(
-        model, allow_missing=allow_missing, allow_random_head=allow_random_head, seed=seed
-    )
+    net, _, report = _load_model(model, allow_missing=allow_missing, allow_random_head=allow_random_head, seed=seed)
     net.to(device).eval()
     config = net.config
     length = int(length if length is not None else config.max_position_embeddings)
@@ -516,8 +513,7 @@ def evaluate_mlm(
     chunk = split_chunk_size or getattr(config, "chunk_size", None) or 128
     if cache.vocab_size > config.vocab_size:
         raise ValueError(
-            f"the tokenizer's vocabulary ({cache.vocab_size}) is larger than the model's "
-            f"({config.vocab_size})"
+            f"the tokenizer's vocabulary ({cache.vocab_size}) is larger than the model's ({config.vocab_size})"
         )
     packed = PackedExamples(cache, length)
     indices = evenly_spaced(len(packed), max_examples)

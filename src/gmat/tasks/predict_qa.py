@@ -122,9 +122,7 @@ def predict_answer(
                 f"(its max_position_embeddings). Shorten the document or convert the model with a "
                 f"larger --max-length"
             )
-        features = [
-            encode_long(0, q_ids, doc, max_length=max_length, cls_id=cls_id, sep_id=sep_id, gold=None)
-        ]
+        features = [encode_long(0, q_ids, doc, max_length=max_length, cls_id=cls_id, sep_id=sep_id, gold=None)]
     example = RCExample("query", question, document, (Answer("", 0),), 0, (0, 0), 0, (0,))
     logits = predict_logits(model, features, batch_size=8, device=dev, pad_id=tokenizer.pad_token_id or 0)
     pred = decode_predictions([example], features, logits, max_answer_length)["query"]

@@ -103,9 +103,7 @@ def task_entry(name: Any) -> TaskEntry:
             raise ValueError(f"task.name={name!r}: cannot import {cls_name} from {module} ({err})") from err
         register_task(name, task)
         return _REGISTERED[name]
-    raise ValueError(
-        f"task.name must be one of {registered_tasks()} or 'package.module:TaskClass', got {name!r}"
-    )
+    raise ValueError(f"task.name must be one of {registered_tasks()} or 'package.module:TaskClass', got {name!r}")
 
 
 def create_task(settings: Any) -> Any:

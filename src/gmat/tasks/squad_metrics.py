@@ -70,9 +70,7 @@ def f1_score(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def max_over_references(
-    metric: Callable[[str, str], float], prediction: str, references: Iterable[str]
-) -> float:
+def max_over_references(metric: Callable[[str, str], float], prediction: str, references: Iterable[str]) -> float:
     """Return the best score of ``prediction`` against any reference.
 
     Raises:

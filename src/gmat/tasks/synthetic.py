@@ -324,9 +324,7 @@ def compute_metrics(task_name: str, counts: torch.Tensor) -> dict[str, float]:
     return {"f1": f1, "balanced_accuracy": (tpr + tnr) / 2, "accuracy": (tp + tn) / max(sum(c), 1.0)}
 
 
-def chunk_oracle_accuracy(
-    task: SyntheticTask, chunk_size: int, num_examples: int = 200, split: str = "test"
-) -> float:
+def chunk_oracle_accuracy(task: SyntheticTask, chunk_size: int, num_examples: int = 200, split: str = "test") -> float:
     """How often the majority symbol of one chunk equals the global label (``majority`` tasks).
 
     This is the best a model could do from chunk 0 alone if it knew the exact chunk counts (ties broken
@@ -339,11 +337,7 @@ def chunk_oracle_accuracy(
     for i in range(num_examples):
         ex = task.example(split, i)
         ids = np.asarray(ex["input_ids"])
-        label = (
-            int(ex["labels"])
-            if task.spec.name == "majority"
-            else int(ids[np.asarray(ex["labels"]) == 1][0] - 1)
-        )
+        label = int(ex["labels"]) if task.spec.name == "majority" else int(ids[np.asarray(ex["labels"]) == 1][0] - 1)
         start = int(rng.integers(0, max(1, len(ids) // chunk_size))) * chunk_size
         counts = np.bincount(ids[start : start + chunk_size] - 1, minlength=task.spec.num_symbols)
         best = np.flatnonzero(counts == counts.max())

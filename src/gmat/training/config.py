@@ -120,9 +120,7 @@ class TrainSettings:
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(
-                f"train.schedule must be 'cosine', 'linear' or 'constant', got {self.schedule!r}"
-            )
+            raise ValueError(f"train.schedule must be 'cosine', 'linear' or 'constant', got {self.schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -201,9 +199,7 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             return value
     else:
         raise TypeError(f"{key}: unsupported annotation {annotation!r}")
-    raise ValueError(
-        f"config key {key!r} expects {annotation.__name__}, got {value!r} ({type(value).__name__})"
-    )
+    raise ValueError(f"config key {key!r} expects {annotation.__name__}, got {value!r} ({type(value).__name__})")
 
 
 def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
@@ -216,9 +212,7 @@ def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
     unknown = sorted(set(data) - fields)
     if unknown:
         names = ", ".join(f"{prefix}{k}" for k in unknown)
-        raise ValueError(
-            f"unknown config key(s): {names} (valid keys of {where}: {', '.join(sorted(fields))})"
-        )
+        raise ValueError(f"unknown config key(s): {names} (valid keys of {where}: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]

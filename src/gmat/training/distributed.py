@@ -94,9 +94,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(
-            backend=backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
-        )
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
         if rank == 0:
             logger.info("joined process group: %d processes (%s)", world_size, backend)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
@@ -139,9 +137,7 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return out.to(tensor.device)
 
 
-def micro_batch_indices(
-    step: int, micro: int, batch_size: int, grad_accum_steps: int, info: DistInfo
-) -> range:
+def micro_batch_indices(step: int, micro: int, batch_size: int, grad_accum_steps: int, info: DistInfo) -> range:
     """Global example indices of micro-batch ``micro`` of optimizer step ``step`` on this rank.
 
     Args:

@@ -103,9 +103,7 @@ class TrainingDiverged(RuntimeError):
 
 
 # ---- pieces ------------------------------------------------------------------------------------------------
-def lr_multiplier(
-    step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float
-) -> float:
+def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
     """Learning-rate factor at ``step``: linear warm-up, then cosine / linear decay to ``min_lr_ratio``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -155,9 +153,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -216,9 +212,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records after ``step`` (written after the checkpoint a run resumes from)."""
     if not path.is_file():
         return
-    kept = [
-        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
-    ]
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -236,8 +230,7 @@ def _metric_value(metrics: dict[str, Any], metric: str) -> float:
     """``metrics[metric]`` as a float (NaN when not a number); a key the task does not report raises."""
     if metric not in metrics:
         raise ValueError(
-            f"train.best_metric={metric!r} is not among the task's evaluation metrics "
-            f"({', '.join(sorted(metrics))})"
+            f"train.best_metric={metric!r} is not among the task's evaluation metrics ({', '.join(sorted(metrics))})"
         )
     value = metrics[metric]
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
@@ -283,9 +276,7 @@ def _check_resume_config(config: RunConfig, run_dir: Path, allow_change: bool, i
         logger.warning("--allow-config-change: the previous config is kept as %s", run_dir / f"config.prev-{n}.yaml")
 
 
-def _apply_optimizer_settings(
-    optimizer: torch.optim.Optimizer, scheduler: LambdaLR, tc: TrainSettings
-) -> None:
+def _apply_optimizer_settings(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, tc: TrainSettings) -> None:
     """Make a resumed optimizer follow the config's lr / betas / weight decay instead of its saved ones."""
     scheduler.base_lrs = [tc.lr for _ in optimizer.param_groups]
     factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
@@ -441,9 +432,7 @@ def _train(
     if info.is_main and tc.progress:
         from tqdm.auto import tqdm
 
-        progress = tqdm(
-            total=tc.steps, initial=start_step, desc=run_dir.name, unit="step", dynamic_ncols=True
-        )
+        progress = tqdm(total=tc.steps, initial=start_step, desc=run_dir.name, unit="step", dynamic_ncols=True)
     metric_name = task.metric_name
     best_metric, best_mode = _best_choice(tc, task)
     t_start = time.perf_counter()

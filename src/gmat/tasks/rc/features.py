@@ -119,9 +119,7 @@ def encode_long(
     """
     room = max_length - len(q_ids) - 3
     if room < 1:
-        raise ValueError(
-            f"max_length={max_length} leaves no room for the document after a {len(q_ids)}-token question"
-        )
+        raise ValueError(f"max_length={max_length} leaves no room for the document after a {len(q_ids)}-token question")
     return _feature(example, q_ids, doc, 0, min(len(doc.ids), room), cls_id, sep_id, gold)
 
 
@@ -146,9 +144,7 @@ def encode_windows(
     """
     room = max_length - len(q_ids) - 3
     if room < 1:
-        raise ValueError(
-            f"max_length={max_length} leaves no room for the document after a {len(q_ids)}-token question"
-        )
+        raise ValueError(f"max_length={max_length} leaves no room for the document after a {len(q_ids)}-token question")
     if not 0 <= stride < room:
         raise ValueError(f"stride={stride} must be in [0, {room}) (the document tokens per window)")
     feats, lo, n = [], 0, len(doc.ids)
@@ -199,9 +195,7 @@ def featurize(
     if mode not in ("long", "windows"):
         raise ValueError(f"mode must be 'long' or 'windows', got {mode!r}")
     cls_id, sep_id = _special_ids(tokenizer)
-    q_enc = (
-        tokenizer([e.question for e in examples], add_special_tokens=False)["input_ids"] if examples else []
-    )
+    q_enc = tokenizer([e.question for e in examples], add_special_tokens=False)["input_ids"] if examples else []
     feats: list[Feature] = []
     answer_token: list[int | None] = []
     truncated: list[bool] = []
@@ -393,5 +387,3 @@ def score_predictions(
         "by_distance": by_distance,
         "per_question": rows,
     }
-
-

@@ -404,9 +404,7 @@ def build_examples(
                 first, last = 0, len(art.paragraphs) - 1
             else:
                 budget = length - min(question_lengths(q.question), MAX_QUERY_LENGTH) - 3
-                first, last = select_paragraph_span(
-                    para_lengths, q.paragraph, budget, placement_fraction(q.id)
-                )
+                first, last = select_paragraph_span(para_lengths, q.paragraph, budget, placement_fraction(q.id))
             document, starts = article_document(art.paragraphs[first : last + 1])
             shift = starts[q.paragraph - first]
             answers = tuple(Answer(a.text, a.start + shift) for a in q.answers)
@@ -426,5 +424,3 @@ def document_tokens(example: RCExample, tokenized: Sequence[Sequence[TokenizedTe
         ids.extend(t.ids)
         offsets.extend((s + start, e + start) for s, e in t.offsets)
     return TokenizedText(tuple(ids), tuple(offsets))
-
-
