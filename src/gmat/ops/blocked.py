@@ -292,6 +292,48 @@ def _group_key_mask(
     return mask, ~valid.any(dim=-1)
 
 
+def _memory_rows_backward(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse_rows: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    m: int,
+    rows_per_group: int,
+    scale: float | None,
+    dq: torch.Tensor,
+    dk: torch.Tensor,
+    dv: torch.Tensor,
+) -> None:
+    """Backward of the M memory queries over all M+L keys, a group of keys at a time.
+
+    Writes ``dq[:, :, :m]`` and the first values of ``dk`` and ``dv``; shared by the chunk and the window routes.
+    Tensors are ``(B, H, M+L, D)``.
+    """
+    flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    g_rows, q_rows, out_rows = grad_out[:, :, :m], q[:, :, :m], out[:, :, :m]
+    for start in range(0, k.shape[2], rows_per_group):
+        keys = slice(start, min(k.shape[2], start + rows_per_group))
+        dq_rows, dk[:, :, keys], dv[:, :, keys] = flash_bwd(
+            g_rows,
+            q_rows,
+            k[:, :, keys],
+            v[:, :, keys],
+            out_rows,
+            lse_rows,
+            0.0,
+            False,
+            attn_mask=_rows_mask(key_valid, keys.start, keys.stop, q.dtype),
+            scale=scale,
+        )
+        if start == 0:
+            dq[:, :, :m] = dq_rows
+        else:
+            dq[:, :, :m] += dq_rows
+
+
 class _ChunkedFlashCPU(torch.autograd.Function):
     """Chunked GMAT attention on CPU without dropout: PyTorch's CPU flash kernel over views, merged.
 
@@ -359,25 +401,7 @@ class _ChunkedFlashCPU(torch.autograd.Function):
 
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)  # (B, H, M+L, D) each
         if m > 0:  # memory queries over all keys, a group of keys at a time; the first write of dk and dv
-            g_rows, q_rows, out_rows = grad_out[:, :, :m], q[:, :, :m], out[:, :, :m]
-            for start in range(0, n, rows_per_group):
-                keys = slice(start, min(n, start + rows_per_group))
-                dq_rows, dk[:, :, keys], dv[:, :, keys] = flash_bwd(
-                    g_rows,
-                    q_rows,
-                    k[:, :, keys],
-                    v[:, :, keys],
-                    out_rows,
-                    lse_rows,
-                    0.0,
-                    False,
-                    attn_mask=_rows_mask(key_valid, keys.start, keys.stop, q.dtype),
-                    scale=scale,
-                )
-                if start == 0:
-                    dq[:, :, :m] = dq_rows
-                else:
-                    dq[:, :, :m] += dq_rows
+            _memory_rows_backward(grad_out, q, k, v, out, lse_rows, key_valid, m, rows_per_group, scale, dq, dk, dv)
         for start, n_chunks, c in _row_groups(seq_len, chunk, rows_per_group):
             rows = slice(m + start, m + start + n_chunks * c)
             mask, _ = _group_key_mask(seq_valid, start, n_chunks, c, heads, q.dtype)
@@ -533,25 +557,7 @@ class _WindowFlashCPU(torch.autograd.Function):
         dq = torch.empty_like(q)  # (B, H, M+L, D)
         dk, dv = (torch.empty_like(k), torch.empty_like(v)) if m > 0 else (torch.zeros_like(k), torch.zeros_like(v))
         if m > 0:  # memory queries over all keys, a group of keys at a time; the first write of dk and dv
-            g_rows, q_rows, out_rows = grad_out[:, :, :m], q[:, :, :m], out[:, :, :m]
-            for start in range(0, n, rows_per_group):
-                keys = slice(start, min(n, start + rows_per_group))
-                dq_rows, dk[:, :, keys], dv[:, :, keys] = flash_bwd(
-                    g_rows,
-                    q_rows,
-                    k[:, :, keys],
-                    v[:, :, keys],
-                    out_rows,
-                    lse_rows,
-                    0.0,
-                    False,
-                    attn_mask=_rows_mask(key_valid, keys.start, keys.stop, q.dtype),
-                    scale=scale,
-                )
-                if start == 0:
-                    dq[:, :, :m] = dq_rows
-                else:
-                    dq[:, :, :m] += dq_rows
+            _memory_rows_backward(grad_out, q, k, v, out, lse_rows, key_valid, m, rows_per_group, scale, dq, dk, dv)
         bad = _any_poisoned(poison)
         k_mem, v_mem = _finite_rows(k[:, :, :m], bad), _finite_rows(v[:, :, :m], bad)
         cache: dict = {}
