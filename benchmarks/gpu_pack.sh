@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU evidence pack: one command, < 9 minutes on one H100/H200, from the repository root:
 #   GMAT_GIT_SHA=<sha> OUT=DIR bash benchmarks/gpu_pack.sh        (or: OUT=DIR make gpu-pack)
+#   STEPS="env ops" OUT=DIR bash benchmarks/gpu_pack.sh            (a rerun of chosen steps)
 #   OUT=DIR bash benchmarks/gpu_pack.sh --dry-run                  (CPU, tiny shapes, same code; or GMAT_PACK_DRY_RUN=1)
 # Steps, in priority order, each in its own process with a deadline (no new row after it) and a hard timeout
 # behind it; a crash or timeout in one step keeps every other step's results (benchmarks/gpu_pack.py):
@@ -58,9 +59,15 @@ step() {
 }
 
 { date -u; nvidia-smi 2>&1 || echo "nvidia-smi: not available"; } >>"$LOG"
-step env 10 40
-step correctness 75 105
-step ops 185 225
-step model 115 145
+# STEPS picks steps for a rerun (e.g. STEPS="env ops"); each keeps its deadline and hard timeout.
+for name in ${STEPS:-env correctness ops model}; do
+  case "$name" in
+    env) step env 10 40 ;;
+    correctness) step correctness 75 105 ;;
+    ops) step ops 185 225 ;;
+    model) step model 115 145 ;;
+    *) echo "gpu_pack.sh: STEPS may name env, correctness, ops and model, got '$name'" | tee -a "$LOG"; exit 2 ;;
+  esac
+done
 echo "== pack done in $(( $(date +%s) - start ))s: $OUT" | tee -a "$LOG"
 ls -l "$OUT" | tee -a "$LOG"
