@@ -11,7 +11,7 @@ Shape letters as in ``gmat.ops`` (K = C for chunks, 2w for a window, the keys pe
   chunked only, L a multiple of C, no padding;
 * ``blocked`` / ``flex`` / ``triton``: ``gmat_attention`` with that backend (``triton`` on CPU runs the same
   kernels under Triton's interpreter, when ``TRITON_INTERPRET=1`` was set before triton was imported);
-* ``triton_w4``: the same kernels launched with ``num_warps=4`` instead of the default, to compare;
+* ``triton_v0``: the same kernels with their first, untuned CUDA launch config (``first_cuda_config``);
 * ``blocked_proj``: Q/K/V projections (d -> d, d = H*D) + ``blocked``, the like-for-like rival of the HF
   modules;
 * ``hf_longformer``: ``LongformerSelfAttention`` (its own projections), ``attention_window`` = K, the first M
@@ -205,22 +205,20 @@ def _build_triton(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Cas
     return Case(leaves=(q, k, v), forward=lambda: triton_attention(q, k, v, pattern), oracle=_reference(pattern))
 
 
-def _build_triton_launch(**launch: int) -> Callable[[Experiment, bool, BenchConfig], Case]:
-    """``triton`` with its default launch config changed (e.g. ``num_warps=4``): a tuning variant to compare."""
+def _build_triton_v0(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
+    """``triton`` with the launch config it had before tuning on hardware: the tuning's yardstick."""
+    from gmat.ops.triton_kernels import default_config, first_cuda_config, triton_attention
 
-    def build(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
-        from gmat.ops.triton_kernels import default_config, triton_attention
-
-        q, k, v = _qkv(exp, exp.total_len, requires_grad, cfg.seed)
-        pattern = exp.pattern
-        config = dataclasses.replace(default_config(exp.head_dim, q.device), **launch)
-        return Case(
-            leaves=(q, k, v),
-            forward=lambda: triton_attention(q, k, v, pattern, config=config),
-            oracle=_reference(pattern),
-        )
-
-    return build
+    q, k, v = _qkv(exp, exp.total_len, requires_grad, cfg.seed)
+    pattern = exp.pattern
+    config = default_config(exp.head_dim, q.device)
+    if q.is_cuda:
+        config = first_cuda_config(exp.head_dim, config.split_programs)
+    return Case(
+        leaves=(q, k, v),
+        forward=lambda: triton_attention(q, k, v, pattern, config=config),
+        oracle=_reference(pattern),
+    )
 
 
 def _triton_supports(exp: Experiment, mode: str) -> str | None:
@@ -424,9 +422,9 @@ def default_engines(bigbird_random_blocks: int = 3) -> dict[str, Engine]:
         ),
         Engine("triton", "gmat triton", _build_triton, supports=_triton_supports),
         Engine(
-            "triton_w4",
-            "gmat triton with num_warps=4 (a launch variant; default 8 on CUDA)",
-            _build_triton_launch(num_warps=4),
+            "triton_v0",
+            "gmat triton with its first, untuned CUDA launch config (the tuning's yardstick)",
+            _build_triton_v0,
             supports=_triton_supports,
         ),
         Engine("blocked", "gmat blocked", _build_gmat("blocked")),

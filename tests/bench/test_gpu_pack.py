@@ -84,7 +84,7 @@ def test_dry_run_schema(dry_run: Path) -> None:
     results = ops["results"]
     first = [r["engine"] for r in results[:4]]
     assert first == ["triton", "triton", "blocked", "blocked"]  # the kernels that matter are timed first
-    for engine in ("triton", "blocked", "triton_w4", "dense_sdpa", "naive_chunk_mem_sdpa", "hf_longformer"):
+    for engine in ("triton", "blocked", "triton_v0", "dense_sdpa", "naive_chunk_mem_sdpa", "hf_longformer"):
         assert any(r["engine"] == engine and r["status"] == "ok" and r["mode"] == "fwd_bwd" for r in results)
     assert {r["sweep"] for r in results} == {"L-chunked", "L-window", "M-sweep"}
 
@@ -121,7 +121,7 @@ def test_gpu_sweep_runs_the_kernels_that_matter_first() -> None:
 
 def test_pack_fits_nine_minutes() -> None:
     script = (ROOT / "benchmarks/gpu_pack.sh").read_text()
-    steps = re.findall(r"^step (\w+) (\d+) (\d+)$", script, flags=re.M)
+    steps = re.findall(r"^ +\w+\) step (\w+) (\d+) (\d+) ;;$", script, flags=re.M)
     assert [s[0] for s in steps] == ["env", "correctness", "ops", "model"]
     assert all(int(deadline) < int(hard) for _, deadline, hard in steps)
     total = int(re.search(r"GMAT_PACK_TOTAL_S:-(\d+)", script).group(1))
@@ -200,3 +200,37 @@ def test_gpu_tests_run_without_an_install() -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     collected = re.search(r"(\d+)(?:/\d+)? tests? (?:collected|selected)", done.stdout)
     assert collected and int(collected.group(1)) > 0, done.stdout[-500:]
+
+
+def test_steps_picks_steps_for_a_rerun_and_refuses_unknown_names(tmp_path: Path) -> None:
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "STEPS": "env"}
+    env.pop("PYTHONPATH", None)
+    script = str(ROOT / "benchmarks" / "gpu_pack.sh")
+    done = subprocess.run(["bash", script, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "== env exit code 0" in done.stdout and "== correctness" not in done.stdout
+    state = json.loads((tmp_path / "out" / "gpu-pack.json").read_text())
+    assert state["environment"]["torch"]
+    env["STEPS"] = "env opz"
+    done = subprocess.run(["bash", script, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "got 'opz'" in done.stdout
+
+
+def test_triton_tune_dry_run(tmp_path: Path) -> None:
+    """benchmarks/triton_tune.py, the launch-config tuning of a GPU window, runs on CPU under the interpreter."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "triton_tune.py"), "--dry-run", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    state = json.loads((tmp_path / "tune.json").read_text())
+    assert [p for p in tmp_path.iterdir()] == [tmp_path / "tune.json"]
+    assert {"triton", "blocked"} <= set(state["host_overhead"][0])
+    rows = state["rows"]
+    assert [r["phase"] for r in rows] == ["fwd", "fwd", "bwd", "bwd"]
+    assert all(r["status"] == "ok" and r["chunked_ms"] > 0 and r["window_ms"] > 0 for r in rows), rows
+    assert all(e < 1e-4 for r in rows for k in ("check_chunked", "check_window") for e in r[k].values())

@@ -22,6 +22,50 @@ def test_auto_picks_blocked_on_cpu():
     assert select_backend(q, P).name == "blocked"
 
 
+def test_auto_check_passes_a_backend_over_but_naming_it_still_runs(monkeypatch):
+    from gmat.ops import dispatch
+
+    calls = []
+
+    def fast(q, k, v, *args):
+        calls.append(q.shape[2])
+        return torch.zeros_like(q)
+
+    backend = dispatch.Backend(
+        name="fast_for_long",
+        fn=fast,
+        devices=frozenset({"cpu"}),
+        dtypes=frozenset({torch.float32}),
+        backward_devices=frozenset({"cpu"}),
+        supports_dropout=False,
+        priority=0,
+        auto_check=lambda q, pattern: ["too short"] if q.shape[2] < 12 else [],
+    )
+    monkeypatch.setitem(dispatch._REGISTRY, backend.name, backend)
+    q, k, v = qkv(n=10)
+    assert select_backend(q, P).name == "blocked"
+    gmat_attention(q, k, v, P, backend="fast_for_long")  # named: the auto rule does not apply
+    long_q, long_k, long_v = qkv(n=12)
+    assert select_backend(long_q, P).name == "fast_for_long"
+    gmat_attention(long_q, long_k, long_v, P)
+    assert calls == [10, 12]
+
+
+def test_triton_auto_rule_follows_the_measured_crossover():
+    from gmat.ops.dispatch import TRITON_CHUNKED_MIN_ROWS, _triton_auto
+
+    triton = get_backend("triton")
+    assert triton.priority is not None and triton.priority < get_backend("blocked").priority
+    assert triton.auto_check is _triton_auto
+    window, chunked = AttentionPattern(64, "window", window=256), AttentionPattern(64, "chunked", chunk_size=512)
+    small = torch.empty(1, 12, 64 + 16384, 64, device="meta")  # the model step at 16k: blocked measured faster
+    large = torch.empty(1, 16, 64 + 65536, 64, device="meta")  # the op at 64k: triton measured faster
+    assert _triton_auto(small, window) == []
+    assert "prefers blocked" in _triton_auto(small, chunked)[0]
+    assert _triton_auto(large, chunked) == []
+    assert 16 * 16384 < TRITON_CHUNKED_MIN_ROWS <= 16 * 65536
+
+
 def test_named_backend_that_cannot_run_raises_with_reasons():
     q, k, v = qkv(requires_grad=True)
     with pytest.raises(ValueError, match="flex: no backward pass on 'cpu'"):

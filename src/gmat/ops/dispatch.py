@@ -47,6 +47,8 @@ class Backend:
         max_tokens: largest M+L it accepts (None = no limit), e.g. for the quadratic oracle.
         priority: lower is tried first by ``auto``; None = never picked by ``auto``.
         extra_check: optional ``(q, pattern) -> list[str]`` for backend-specific refusals.
+        auto_check: optional ``(q, pattern) -> list[str]``: why ``auto`` passes this backend over although it
+            can run (e.g. a measured speed crossover); a backend named explicitly ignores it.
     """
 
     name: str
@@ -58,6 +60,7 @@ class Backend:
     max_tokens: int | None = None
     priority: int | None = None
     extra_check: Callable[[torch.Tensor, AttentionPattern], list[str]] | None = field(default=None)
+    auto_check: Callable[[torch.Tensor, AttentionPattern], list[str]] | None = field(default=None)
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -117,6 +120,8 @@ def select_backend(
     all_reasons = []
     for backend in candidates:
         reasons = not_supported_reasons(backend, q, pattern, dropout_p, requires_grad)
+        if not reasons and backend.auto_check is not None:
+            reasons = backend.auto_check(q, pattern)
         if not reasons:
             return backend
         all_reasons.extend(reasons)
@@ -302,8 +307,23 @@ def _triton_check(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
     return reasons
 
 
-# priority None: `auto` never picks it until the GPU crossover against `blocked`/`flex` is measured
-# (benchmarks/gpu_pack.sh, docs/benchmarks.md).
+# Measured on an H200 (bf16, B=1, H=16, D=64, M=64; docs/benchmarks.md "GPU"): for the window pattern `triton`
+# beat `blocked` forward+backward at every L from 4,096 to 262,144 (2.45 vs 4.45 ms at 4k, 4.17 vs 21.4 at 64k);
+# for chunks `blocked` was faster up to L = 16,384 (1.64 vs 2.10 ms; the Triton launches cost ~0.1 ms of host
+# time each) and `triton` from 65,536 on (3.56 vs 4.19 ms, 11.7 vs 15.7 at 256k). The crossover is counted in
+# query rows over all heads, B*H*L, since the host cost is per call and the GPU work grows with every row.
+TRITON_CHUNKED_MIN_ROWS = 65536 * 16
+
+
+def _triton_auto(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
+    if pattern.kind != "chunked":
+        return []
+    rows = q.shape[0] * q.shape[1] * (q.shape[2] - pattern.num_memory)
+    if rows < TRITON_CHUNKED_MIN_ROWS:
+        return [f"triton: auto prefers blocked for chunks below B*H*L = {TRITON_CHUNKED_MIN_ROWS:,} (got {rows:,})"]
+    return []
+
+
 register_backend(
     Backend(
         name="triton",
@@ -312,7 +332,8 @@ register_backend(
         dtypes=frozenset({torch.float16, torch.bfloat16}),
         backward_devices=frozenset({"cuda"}),
         supports_dropout=False,
-        priority=None,
+        priority=10,
         extra_check=_triton_check,
+        auto_check=_triton_auto,
     )
 )

@@ -57,6 +57,7 @@ __all__ = [
     "SUPPORTED_HEAD_DIMS",
     "TritonConfig",
     "default_config",
+    "first_cuda_config",
     "interpreter_usable",
     "triton_attention",
 ]
@@ -717,69 +718,94 @@ def _dkdv_mem_kernel(
 # ==== launch configuration ===========================================================================
 @dataclass(frozen=True)
 class TritonConfig:
-    """Tile sizes and launch parameters (one set per head dim; not autotuned yet).
+    """Tile sizes and launch parameters (one set per head dim; not autotuned at run time).
 
     Attributes:
         block_m: sequence queries per program in the forward kernel.
-        block_n: keys per inner step in the forward and dQ kernels.
+        block_n: keys per inner step in the forward kernels.
+        num_warps: warps per program of the forward kernels.
+        num_stages: software-pipelining depth of the forward kernels' inner loops.
         dq_block_m: sequence queries per program in the dQ kernel.
+        bwd_block_n: keys per inner step in the dQ kernels.
         kv_block_m: queries per inner step in the dK/dV kernels.
         kv_block_n: sequence keys per program in the dK/dV kernels.
-        num_warps: warps per program.
-        num_stages: software-pipelining depth of the inner loops.
+        bwd_num_warps: warps per program of the backward kernels.
+        bwd_num_stages: software-pipelining depth of the backward kernels' inner loops.
         split_programs: how many programs the memory-row kernels aim for when they split the M+L keys
             (forward, dQ) or queries (dK/dV of memory keys); a few per streaming multiprocessor.
     """
 
     block_m: int
     block_n: int
-    dq_block_m: int
-    kv_block_m: int
-    kv_block_n: int
     num_warps: int
     num_stages: int
+    dq_block_m: int
+    bwd_block_n: int
+    kv_block_m: int
+    kv_block_n: int
+    bwd_num_warps: int
+    bwd_num_stages: int
     split_programs: int
 
 
 def default_config(head_dim: int, device: torch.device) -> TritonConfig:
     """Launch parameters for ``head_dim`` on ``device`` (small tiles on the CPU interpreter).
 
-    The CUDA tiles were chosen offline for sm_90 (H100/H200) by compiling every kernel with Triton and
-    reading ``cuobjdump -res-usage``: all of them fit in 255 registers without stack spills (4 warps with
-    128-row tiles spill). They are not yet tuned on hardware.
+    D = 64 was tuned on an H200 (bf16, B=1, H=16, M=64, L=65,536, chunked C=512 and window w=256; forward
+    and backward kernels timed apart by ``benchmarks/triton_tune.py``, docs/benchmarks.md "Launch
+    configuration"): 64-row forward tiles in 4 warps, and the backward with 32-key dQ steps, 32-query dK/dV
+    steps, 4 warps and 5 stages, took chunked 0.66 + 1.89 ms and window 0.82 + 2.41 ms against 0.70 + 2.30
+    and 1.12 + 2.63 for the first tiles. The other head dims keep those first tiles, chosen offline for sm_90
+    by reading ``cuobjdump -res-usage`` (no stack spills) and checked for correctness on the same H200, but
+    not timed against alternatives.
     """
     if device.type != "cuda":
         return TritonConfig(
             block_m=16,
             block_n=16,
-            dq_block_m=16,
-            kv_block_m=16,
-            kv_block_n=16,
             num_warps=1,
             num_stages=1,
+            dq_block_m=16,
+            bwd_block_n=16,
+            kv_block_m=16,
+            kv_block_n=16,
+            bwd_num_warps=1,
+            bwd_num_stages=1,
             split_programs=4,
         )
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    if head_dim <= 64:
+    split = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    if head_dim == 64:
         return TritonConfig(
-            block_m=128,
+            block_m=64,
             block_n=64,
-            dq_block_m=128,
-            kv_block_m=64,
-            kv_block_n=128,
-            num_warps=8,
+            num_warps=4,
             num_stages=3,
-            split_programs=4 * sms,
+            dq_block_m=128,
+            bwd_block_n=32,
+            kv_block_m=32,
+            kv_block_n=128,
+            bwd_num_warps=4,
+            bwd_num_stages=5,
+            split_programs=split,
         )
+    return first_cuda_config(head_dim, split)
+
+
+def first_cuda_config(head_dim: int, split_programs: int) -> TritonConfig:
+    """The CUDA tiles before any tuning on hardware (the yardstick ``triton_v0`` of the benchmarks)."""
+    small = head_dim <= 64
     return TritonConfig(
         block_m=128,
         block_n=64,
-        dq_block_m=64,
-        kv_block_m=32,
-        kv_block_n=128,
         num_warps=8,
-        num_stages=2,
-        split_programs=4 * sms,
+        num_stages=3 if small else 2,
+        dq_block_m=128 if small else 64,
+        bwd_block_n=64,
+        kv_block_m=64 if small else 32,
+        kv_block_n=128,
+        bwd_num_warps=8,
+        bwd_num_stages=3 if small else 2,
+        split_programs=split_programs,
     )
 
 
@@ -928,7 +954,7 @@ def _backward(
     has_pad = key_ok is not None
     key_arg = key_ok if has_pad else q
     skey_b = key_ok.stride(0) if has_pad else 0
-    launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    launch = {"num_warps": cfg.bwd_num_warps, "num_stages": cfg.bwd_num_stages}
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
@@ -936,7 +962,7 @@ def _backward(
     delta = torch.empty((bsz, heads, n), dtype=torch.float32, device=q.device)
     block = 64 if q.is_cuda else 16
     _bwd_delta_kernel[(triton.cdiv(n, block), bsz * heads)](
-        out, do, delta, *_strides(out), *_strides(do), heads, n, D=dim, BLOCK=block, num_warps=cfg.num_warps
+        out, do, delta, *_strides(out), *_strides(do), heads, n, D=dim, BLOCK=block, num_warps=cfg.bwd_num_warps
     )
 
     _dq_seq_kernel[(triton.cdiv(seq_len, cfg.dq_block_m), bsz * heads)](
@@ -964,7 +990,7 @@ def _backward(
         HAS_PAD=has_pad,
         D=dim,
         BLOCK_M=cfg.dq_block_m,
-        BLOCK_N=cfg.block_n,
+        BLOCK_N=cfg.bwd_block_n,
         **launch,
     )
     _dkdv_seq_kernel[(triton.cdiv(seq_len, cfg.kv_block_n), bsz * heads)](
@@ -1002,7 +1028,7 @@ def _backward(
 
     mb = _memory_block(m)
     n_mtiles = triton.cdiv(m, mb)
-    splits, per_split = _split(n, cfg.block_n, n_mtiles * bsz * heads, cfg.split_programs)
+    splits, per_split = _split(n, cfg.bwd_block_n, n_mtiles * bsz * heads, cfg.split_programs)
     dq_part = torch.empty((splits, bsz, heads, m, dim), dtype=torch.float32, device=q.device)
     _dq_mem_kernel[(splits, n_mtiles, bsz * heads)](
         q,
@@ -1027,7 +1053,7 @@ def _backward(
         HAS_PAD=has_pad,
         D=dim,
         BLOCK_M=mb,
-        BLOCK_N=cfg.block_n,
+        BLOCK_N=cfg.bwd_block_n,
         **launch,
     )
     dq[:, :, :m] = dq_part.sum(dim=0).to(dq.dtype)
