@@ -66,6 +66,15 @@ def test_triton_auto_rule_follows_the_measured_crossover():
     assert 16 * 16384 < TRITON_CHUNKED_MIN_ROWS <= 16 * 65536
 
 
+def test_triton_auto_rule_stays_out_of_compiled_and_exported_graphs(monkeypatch):
+    from gmat.ops.dispatch import _triton_auto
+
+    large = torch.empty(1, 16, 64 + 65536, 64, device="meta")
+    window = AttentionPattern(64, "window", window=256)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert "torch.compile" in _triton_auto(large, window)[0]
+
+
 def test_named_backend_that_cannot_run_raises_with_reasons():
     q, k, v = qkv(requires_grad=True)
     with pytest.raises(ValueError, match="flex: no backward pass on 'cpu'"):

@@ -316,6 +316,8 @@ TRITON_CHUNKED_MIN_ROWS = 65536 * 16
 
 
 def _triton_auto(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return ["triton: auto keeps blocked under torch.compile / tracing / export (triton is untested there)"]
     if pattern.kind != "chunked":
         return []
     rows = q.shape[0] * q.shape[1] * (q.shape[2] - pattern.num_memory)
