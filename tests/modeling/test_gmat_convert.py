@@ -66,6 +66,23 @@ def test_minilm_m0_matches_bert(pattern: dict, minilm_path, minilm_bert, minilm_
     torch.testing.assert_close(got.pooler_output, want.pooler_output, **tol("bert_oracle"))
 
 
+def test_converted_folder_has_a_manifest_that_the_loader_checks(minilm_path, tmp_path) -> None:
+    from gmat.modeling import GmatModel
+    from gmat.modeling.loading import CheckpointError, load_pretrained
+
+    convert_bert_to_gmat(minilm_path, tmp_path, num_memory_tokens=2, attention_pattern="chunked", chunk_size=16)
+    listed = set(json.loads((tmp_path / "manifest.json").read_text()))
+    assert {"config.json", "model.safetensors"} <= listed
+    assert listed == {p.name for p in tmp_path.iterdir()} - {"manifest.json"}
+    load_pretrained(GmatModel, tmp_path)  # verifies
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_pretrained(GmatModel, tmp_path)
+
+
 def test_converted_checkpoint_contents(minilm_path, tmp_path) -> None:
     config = convert_bert_to_gmat(
         minilm_path,

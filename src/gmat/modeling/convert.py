@@ -52,7 +52,7 @@ import torch
 from safetensors.torch import load_file
 
 from gmat.modeling.configuration_gmat import GmatConfig
-from gmat.modeling.loading import save_tensors
+from gmat.modeling.loading import save_tensors, write_manifest
 from gmat.modeling.modeling_gmat import GmatForMaskedLM, GmatModel, GmatPreTrainedModel
 
 __all__ = [
@@ -544,6 +544,7 @@ def convert_to_gmat(
     config.save_pretrained(target)
     save_tensors(model, target / "model.safetensors")
     copied = _copy_tokenizer(source, target, max_length, family)
+    write_manifest(target)  # last: the verified loader then refuses a converted file changed or added later
     logger.info(
         "wrote %s (%s, M=%d, %s, max_length=%d; tokenizer files %s)",
         target,

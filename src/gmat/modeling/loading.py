@@ -5,10 +5,10 @@ lacks with random numbers (transformers only prints a "MISSING" report). Every l
 through ``load_pretrained`` instead, which
 
 1. checks the folder's ``manifest.json`` (SHA-256 and size of each file, written last by every checkpoint
-   and ``best/`` folder of ``gmat train``) when there is one: a listed file that is missing, truncated or
-   changed, and a weights file or ``config.json`` present but not listed, raise ``CheckpointError``
-   naming the file. A folder without a manifest (``gmat convert``'s output, any Hugging Face checkpoint)
-   is loaded without this check;
+   and ``best/`` folder of ``gmat train``, and by ``gmat convert``) when there is one: a listed file that is
+   missing, truncated or changed, and a weights file or ``config.json`` present but not listed, raise
+   ``CheckpointError`` naming the file. A folder without a manifest (any Hugging Face checkpoint, a
+   conversion made before convert wrote one) is loaded without this check;
 2. refuses a checkpoint that does not hold every weight of the model, or holds weights the model has no
    place for, naming the tensors. Weights of the task head (outside the encoder, and the encoder's pooler)
    are told apart from the encoder's: a missing head is refused with what to train, unless
