@@ -165,6 +165,16 @@ def test_starts_from_a_pretrained_gmat_classifier(tmp_path, tokenizer_dir):
     second["train"].update(steps=1, eval_every=1, lr=1e-9, warmup_steps=0)
     second_results = train(parse_config(second))
     assert second_results["eval"]["accuracy"] == pytest.approx(first_results["best"]["value"])
+    # another label set from that classifier: one line naming the key, not transformers' size-mismatch report
+    two = [dict(d, label="even" if i % 2 else "odd") for i, d in enumerate(documents(48, seed=0))]
+    third = run_config(
+        tmp_path / "third", tokenizer_dir, write_jsonl(tmp_path / "two.jsonl", two), tmp_path / "two.jsonl"
+    )
+    third["task"].update(tokenizer="", pretrained=str(tmp_path / "first" / "best"))
+    with pytest.raises(
+        ValueError, match=r"task.pretrained=.* classifier of 3 labels, the task has 2: start from the encoder"
+    ):
+        train(parse_config(third))
 
 
 def test_starts_from_a_bert_checkpoint(tmp_path, tokenizer_dir):

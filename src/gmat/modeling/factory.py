@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
 from transformers import PreTrainedModel
 
 from gmat.modeling.configuration_gmat import GmatConfig
@@ -143,6 +145,22 @@ def gmat_config(
     )
 
 
+def _check_label_count(init: str, init_key: str, num_labels: int | None) -> None:
+    """Refuse a checkpoint whose classifier has another label count than the task's (named, in one line)."""
+    weights = Path(init) / "model.safetensors"
+    if num_labels is None or not weights.is_file():
+        return  # nothing to compare, or a broken folder: the verified loader reports that
+    with safe_open(str(weights), framework="pt") as f:
+        if "classifier.weight" not in f.keys():
+            return  # no classifier (an MLM or encoder checkpoint): the run trains a new one
+        theirs = f.get_slice("classifier.weight").get_shape()[0]  # (labels, d)
+    if theirs != num_labels:
+        raise ValueError(
+            f"{init_key}={init!r} holds a classifier of {theirs} labels, the task has {num_labels}: start "
+            "from the encoder it was trained from (an MLM or converted checkpoint) to train a new classifier"
+        )
+
+
 def build_model(
     head: type[PreTrainedModel],
     settings: ModelSettings,
@@ -181,6 +199,7 @@ def build_model(
             )
             model, _ = load_pretrained(head, tmp, allow_random_head=True, head_seed=None, **fields)
     else:  # verified: a new head is expected (the run trains it), missing encoder weights are not
+        _check_label_count(init, init_key, fields.get("num_labels"))
         model, _ = load_pretrained(head, init, allow_random_head=True, head_seed=None, **fields)
         theirs = model.config.build_pattern()
         if theirs != pattern or model.config.max_position_embeddings < max_length:
