@@ -118,3 +118,25 @@ def test_gmat_train_with_a_stopped_rank_exits_naming_the_setting(tmp_path):
     assert rc == 1, out
     assert "train.ddp_timeout_s=3" in out and "Traceback" not in out, out
     assert waited < 30, out
+
+
+def test_every_rank_stops_at_once_when_rank_0_is_refused_the_run_dir_lock(tmp_path):
+    # another run holds the lock: rank 0 is refused, and rank 1 must not wait train.ddp_timeout_s (600 s) for it
+    from gmat.training.rundir import run_dir_lock
+
+    run_dir = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    data = tiny_config_dict(run_dir, steps=5, eval_every=0, save_every=0, ddp_timeout_s=600)
+    data["train"]["device"] = "cpu"
+    config.write_text(yaml.safe_dump(data))
+    with run_dir_lock(run_dir):
+        procs = launch([sys.executable, "-m", "gmat.cli", "train", str(config)], tmp_path)
+        try:
+            codes = [p.wait(timeout=120) for p in procs]
+        finally:
+            finish(procs)
+    logs = [(tmp_path / f"rank{r}.log").read_text() for r in (0, 1)]
+    assert codes == [2, 2], logs  # a refused lock is a usage error (exit 2), as for one process
+    assert f"pid {os.getpid()}" in logs[0] and "Traceback" not in logs[0], logs[0]
+    assert "rank 0 was refused the run directory's lock; rank 1 stops too" in logs[1], logs[1]
+    assert not (run_dir / "metrics.jsonl").exists()

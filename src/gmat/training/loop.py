@@ -85,7 +85,7 @@ from gmat.training.distributed import (
     init_distributed,
     micro_batch_indices,
 )
-from gmat.training.rundir import run_dir_lock
+from gmat.training.rundir import run_dir_held
 
 __all__ = ["TrainingDiverged", "evaluate_model", "lr_multiplier", "train"]
 
@@ -319,7 +319,7 @@ def train(
     info = init_distributed(config.train.device, timeout_s=config.train.ddp_timeout_s)
     try:
         with collective_timeout(info, config.train.ddp_timeout_s):
-            with run_dir_lock(config.run_dir) if info.is_main else contextlib.nullcontext():
+            with run_dir_held(config.run_dir, info):
                 if info.is_main:
                     remove_stale_temp(config.run_dir)  # left by a writer killed mid-save
                 return _train(

@@ -6,7 +6,7 @@ writes this process's pid into it; a second run fails at once naming the directo
 The kernel releases a ``flock`` when its process ends, however it ends (``kill -9`` included), so a lock
 file left by a dead run never blocks: its pid is only reported. On a filesystem without ``flock`` the pid
 alone decides (a pid that is not running is a stale lock), with a warning. Only rank 0 of a data-parallel
-job takes the lock (it is the one that writes).
+job takes the lock (it is the one that writes); ``run_dir_held`` tells every rank at once whether it got it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from gmat.training.checkpoint import pid_running
+import torch
 
-__all__ = ["LOCK_FILE", "RunDirLockedError", "run_dir_lock"]
+from gmat.training.checkpoint import pid_running
+from gmat.training.distributed import DistInfo, all_reduce_sum
+
+__all__ = ["LOCK_FILE", "RunDirLockedError", "run_dir_held", "run_dir_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,3 +85,27 @@ def run_dir_lock(run_dir: str | Path) -> Iterator[Path]:
             os.ftruncate(fd, 0)  # released: an empty file names no holder
     finally:
         os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def run_dir_held(run_dir: str, info: DistInfo) -> Iterator[None]:
+    """Rank 0 holds ``RUN_DIR/.lock`` for the block; every rank learns at once whether it got it.
+
+    Without the exchange, the other ranks of a job whose rank 0 was refused the lock would wait in their first
+    collective until ``train.ddp_timeout_s``.
+    """
+    with contextlib.ExitStack() as stack:
+        refused: RunDirLockedError | None = None
+        if info.is_main:
+            try:
+                stack.enter_context(run_dir_lock(run_dir))
+            except RunDirLockedError as err:
+                refused = err
+        held = all_reduce_sum(torch.tensor([0.0 if refused else 1.0]), info)  # world of one: this rank's flag
+        if refused is not None:
+            raise refused
+        if held.item() < info.world_size:
+            raise RunDirLockedError(
+                f"{run_dir}: rank 0 was refused the run directory's lock; rank {info.rank} stops too"
+            )
+        yield
