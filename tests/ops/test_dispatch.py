@@ -63,6 +63,7 @@ def test_triton_auto_rule_follows_the_measured_crossover():
     assert _triton_auto(small, window) == []
     assert "prefers blocked" in _triton_auto(small, chunked)[0]
     assert _triton_auto(large, chunked) == []
+    assert "dense pattern" in _triton_auto(large, AttentionPattern(64, "dense"))[0]
     assert 16 * 16384 < TRITON_CHUNKED_MIN_ROWS <= 16 * 65536
 
 

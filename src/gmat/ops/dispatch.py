@@ -309,16 +309,19 @@ def _triton_check(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
 
 # Measured on an H200 (bf16, B=1, H=16, D=64, M=64; docs/benchmarks.md "GPU"): for the window pattern `triton`
 # beat `blocked` forward+backward at every L from 4,096 to 262,144 (2.45 vs 4.45 ms at 4k, 4.17 vs 21.4 at 64k);
-# for chunks `blocked` was faster up to L = 16,384 (1.64 vs 2.10 ms; the Triton launches cost ~0.1 ms of host
-# time each) and `triton` from 65,536 on (3.56 vs 4.19 ms, 11.7 vs 15.7 at 256k). The crossover is counted in
-# query rows over all heads, B*H*L, since the host cost is per call and the GPU work grows with every row.
+# for chunks `blocked` was faster up to L = 16,384 (1.64 vs 2.10 ms; a `triton` forward there is host-bound, ~0.3
+# ms of host time per call) and `triton` from 65,536 on (3.56 vs 4.19 ms, 11.7 vs 15.7 at 256k). The crossover is
+# counted in query rows over all heads, B*H*L, since the host cost is per call and the GPU work grows with every
+# row. The dense pattern stays with `blocked`: one SDPA call (cuDNN / flash), not timed against `triton`.
 TRITON_CHUNKED_MIN_ROWS = 65536 * 16
 
 
 def _triton_auto(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return ["triton: auto keeps blocked under torch.compile / tracing / export (triton is untested there)"]
-    if pattern.kind != "chunked":
+    if pattern.kind == "dense":
+        return ["triton: auto prefers blocked for the dense pattern (one SDPA call)"]
+    if pattern.kind == "window":
         return []
     rows = q.shape[0] * q.shape[1] * (q.shape[2] - pattern.num_memory)
     if rows < TRITON_CHUNKED_MIN_ROWS:
