@@ -77,6 +77,8 @@ def test_dry_run_schema(dry_run: Path) -> None:
         )
     assert any("nan" in r["case"] for r in by[("triton", "float32")])  # NaN-filled padding is a case
     assert all(r["status"] == "skipped" and "CUDA" in r["reason"] for r in by[("flex", "float32")])
+    order = list(dict.fromkeys((r["backend"], r["dtype"]) for r in rows))  # flex last: its compiles hit the deadline
+    assert order == [("triton", "float32"), ("blocked", "float32"), ("triton", "bfloat16"), ("flex", "float32")]
 
     ops = state["ops"]
     assert ops["config"]["name"] == "gpu" and ops["config"]["device"] == "cpu"
