@@ -64,6 +64,9 @@ def test_triton_auto_rule_follows_the_measured_crossover():
     assert "prefers blocked" in _triton_auto(small, chunked)[0]
     assert _triton_auto(large, chunked) == []
     assert "dense pattern" in _triton_auto(large, AttentionPattern(64, "dense"))[0]
+    many = torch.empty(1, 16, 256 + 65536, 64, device="meta")  # M = 256 at 64k: blocked measured faster
+    assert "M > 128" in _triton_auto(many, AttentionPattern(256, "chunked", chunk_size=512))[0]
+    assert _triton_auto(many, AttentionPattern(256, "window", window=256)) == []
     assert 16 * 16384 < TRITON_CHUNKED_MIN_ROWS <= 16 * 65536
 
 

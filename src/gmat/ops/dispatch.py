@@ -313,7 +313,10 @@ def _triton_check(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
 # ms of host time per call) and `triton` from 65,536 on (3.56 vs 4.19 ms, 11.7 vs 15.7 at 256k). The crossover is
 # counted in query rows over all heads, B*H*L, since the host cost is per call and the GPU work grows with every
 # row. The dense pattern stays with `blocked`: one SDPA call (cuDNN / flash), not timed against `triton`.
+# With many memory slots `triton`'s memory-row kernels fall behind: at L = 65,536 chunked, M = 0 / 64 were faster
+# with `triton` (2.60 vs 2.63, 3.56 vs 4.19 ms), M = 256 / 1024 with `blocked` (5.13 vs 4.70, 11.7 vs 8.03 ms).
 TRITON_CHUNKED_MIN_ROWS = 65536 * 16
+TRITON_CHUNKED_MAX_MEMORY = 128
 
 
 def _triton_auto(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
@@ -323,6 +326,10 @@ def _triton_auto(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
         return ["triton: auto prefers blocked for the dense pattern (one SDPA call)"]
     if pattern.kind == "window":
         return []
+    if pattern.num_memory > TRITON_CHUNKED_MAX_MEMORY:
+        return [
+            f"triton: auto prefers blocked for chunks with M > {TRITON_CHUNKED_MAX_MEMORY} (got {pattern.num_memory})"
+        ]
     rows = q.shape[0] * q.shape[1] * (q.shape[2] - pattern.num_memory)
     if rows < TRITON_CHUNKED_MIN_ROWS:
         return [f"triton: auto prefers blocked for chunks below B*H*L = {TRITON_CHUNKED_MIN_ROWS:,} (got {rows:,})"]
