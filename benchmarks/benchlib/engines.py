@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -194,31 +195,34 @@ def _build_gmat(backend: str) -> Callable[[Experiment, bool, BenchConfig], Case]
     return build
 
 
-def _build_triton(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
-    if exp.device == "cuda":
-        return _build_gmat("triton")(exp, requires_grad, cfg)
-    # CPU: the same kernels under Triton's interpreter (the dispatcher declares the backend CUDA-only).
+def _triton_case(exp: Experiment, requires_grad: bool, cfg: BenchConfig, config: Any = None) -> Case:
+    """``triton_attention`` itself with ``config`` (None: its default), on CUDA or under Triton's interpreter."""
     from gmat.ops.triton_kernels import triton_attention
 
     q, k, v = _qkv(exp, exp.total_len, requires_grad, cfg.seed)
     pattern = exp.pattern
-    return Case(leaves=(q, k, v), forward=lambda: triton_attention(q, k, v, pattern), oracle=_reference(pattern))
-
-
-def _build_triton_v0(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
-    """``triton`` with the launch config it had before tuning on hardware: the tuning's yardstick."""
-    from gmat.ops.triton_kernels import default_config, first_cuda_config, triton_attention
-
-    q, k, v = _qkv(exp, exp.total_len, requires_grad, cfg.seed)
-    pattern = exp.pattern
-    config = default_config(exp.head_dim, q.device)
-    if q.is_cuda:
-        config = first_cuda_config(exp.head_dim, config.split_programs)
     return Case(
         leaves=(q, k, v),
         forward=lambda: triton_attention(q, k, v, pattern, config=config),
         oracle=_reference(pattern),
     )
+
+
+def _build_triton(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
+    if exp.device == "cuda":
+        return _build_gmat("triton")(exp, requires_grad, cfg)
+    # CPU: the same kernels under Triton's interpreter (the dispatcher declares the backend CUDA-only).
+    return _triton_case(exp, requires_grad, cfg)
+
+
+def _build_triton_v0(exp: Experiment, requires_grad: bool, cfg: BenchConfig) -> Case:
+    """``triton`` with the launch config it had before tuning on hardware: the tuning's yardstick."""
+    if exp.device != "cuda":
+        return _triton_case(exp, requires_grad, cfg)  # the interpreter's tiles: there is no other config
+    from gmat.ops.triton_kernels import default_config, first_cuda_config
+
+    split = default_config(exp.head_dim, torch.device("cuda")).split_programs
+    return _triton_case(exp, requires_grad, cfg, first_cuda_config(exp.head_dim, split))
 
 
 def _triton_supports(exp: Experiment, mode: str) -> str | None:

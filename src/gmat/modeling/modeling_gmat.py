@@ -25,7 +25,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from gmat.modeling.configuration_gmat import GmatConfig
-from gmat.ops import AttentionPattern, gmat_attention
+from gmat.ops import AttentionPattern, gmat_attention, in_traced_graph
 
 __all__ = [
     "GmatForMaskedLM",
@@ -306,10 +306,6 @@ class GmatOutput(nn.Module):
 _RECOMPUTE_FFN_ACTIVATION = True
 
 
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
 class _ActivationThenLinear(torch.autograd.Function):
     """``linear(act(pre), weight, bias)`` that keeps ``pre`` only for the backward, not ``act(pre)`` too.
 
@@ -356,7 +352,7 @@ class GmatLayer(GradientCheckpointingLayer):
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, M+L, d)`` and a ``(B, L)`` bool mask → ``(B, M+L, d)``."""
         attended = self.attention(hidden_states, attention_mask)
-        if _RECOMPUTE_FFN_ACTIVATION and self.training and torch.is_grad_enabled() and not _tracing():
+        if _RECOMPUTE_FFN_ACTIVATION and self.training and torch.is_grad_enabled() and not in_traced_graph():
             pre = self.intermediate.dense(attended)  # (B, M+L, I)
             act, dense = self.intermediate.intermediate_act_fn, self.output.dense
             projected = _ActivationThenLinear.apply(pre, act, dense.weight, dense.bias)

@@ -26,6 +26,7 @@ __all__ = [
     "select_backend",
     "not_supported_reasons",
     "gmat_attention",
+    "in_traced_graph",
 ]
 
 AttentionFn = Callable[..., torch.Tensor]
@@ -126,6 +127,11 @@ def select_backend(
             return backend
         all_reasons.extend(reasons)
     raise ValueError("no attention backend accepts these inputs:\n  " + "\n  ".join(all_reasons))
+
+
+def in_traced_graph() -> bool:
+    """Whether the code runs inside ``torch.compile`` / ``torch.export``, a JIT trace or an ONNX export."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def _validate(
@@ -320,7 +326,7 @@ TRITON_CHUNKED_MAX_MEMORY = 128
 
 
 def _triton_auto(q: torch.Tensor, pattern: AttentionPattern) -> list[str]:
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if in_traced_graph():
         return ["triton: auto keeps blocked under torch.compile / tracing / export (triton is untested there)"]
     if pattern.kind == "dense":
         return ["triton: auto prefers blocked for the dense pattern (one SDPA call)"]
