@@ -313,6 +313,18 @@ def probe_timing(record: dict, probe_steps: int) -> dict:
     }
 
 
+def run_probe(
+    part: dict, runner: Runner, part_name: str, name: str, deadline: float, steps: int, config: dict
+) -> dict | None:
+    """Run a part's probe and record it in ``part``; its timing, or None (``part`` then says it failed)."""
+    probe = part["probe"] = runner.run(part_name, name, config, timeout_s=max(30.0, deadline - time.time()))
+    if probe["status"] != "finished":
+        part["status"] = "failed: the probe did not finish"
+        return None
+    part["probe_timing"] = probe_timing(probe, steps)
+    return part["probe_timing"]
+
+
 # ---- the RC part ----------------------------------------------------------------------------------------------
 def rc_config(
     plan: RCPlan,
@@ -398,9 +410,13 @@ def run_rc(plan: RCPlan, inputs: Path, runner: Runner, deadline: float, state: d
     """The RC part: probe, size the steps, run the comparison; ``state["parts"]["rc"]`` records it all."""
     part = state["parts"]["rc"] = {"status": "running", "plan": dataclasses.asdict(plan), "runs": []}
     report()
-    probe = runner.run(
+    timing = run_probe(
+        part,
+        runner,
         "rc",
         "probe-chunked-m64",
+        deadline,
+        plan.probe_steps,
         rc_config(
             plan,
             inputs,
@@ -413,13 +429,9 @@ def run_rc(plan: RCPlan, inputs: Path, runner: Runner, deadline: float, state: d
             eval_questions=plan.probe_eval_questions,
             log_every=1,
         ),
-        timeout_s=max(30.0, deadline - time.time()),
     )
-    part["probe"] = probe
-    if probe["status"] != "finished":
-        part["status"] = "failed: the probe did not finish"
+    if timing is None:
         return
-    timing = part["probe_timing"] = probe_timing(probe, plan.probe_steps)
     scale = plan.eval_questions / plan.probe_eval_questions if plan.probe_eval_questions else 1.0
     eval_s = timing["eval_s"] * (scale if plan.eval_questions else 1.0)
     runs = rc_runs(plan)
@@ -617,9 +629,13 @@ def run_mlm(plan: MLMPlan, inputs: Path, runner: Runner, deadline: float, state:
     part["unigram"] = unigram_entropy(caches["train"], caches["valid"], plan)
     part["corpus_tokens"] = {s: json.loads((f / "meta.json").read_text())["num_tokens"] for s, f in caches.items()}
     report()
-    probe = runner.run(
+    timing = run_probe(
+        part,
+        runner,
         "mlm",
         "probe-m64",
+        deadline,
+        plan.probe_steps,
         mlm_config(
             plan,
             inputs,
@@ -631,13 +647,9 @@ def run_mlm(plan: MLMPlan, inputs: Path, runner: Runner, deadline: float, state:
             steps=plan.probe_steps,
             log_every=1,
         ),
-        timeout_s=max(30.0, deadline - time.time()),
     )
-    part["probe"] = probe
-    if probe["status"] != "finished":
-        part["status"] = "failed: the probe did not finish"
+    if timing is None:
         return
-    timing = part["probe_timing"] = probe_timing(probe, plan.probe_steps)
     runs = [(s, m) for s in plan.seeds for m in plan.memories]  # paired by seed: a partial finish keeps a pair
     available = deadline - time.time() - 10
     common = {
