@@ -28,7 +28,17 @@ import torch
 from benchlib.config import BenchConfig, Experiment
 from benchlib.engines import Case, Engine
 
-__all__ = ["MemoryMeter", "check_engine", "environment", "has_backward", "is_oom", "loadavg", "time_case"]
+__all__ = [
+    "MemoryMeter",
+    "check_engine",
+    "cpu_model",
+    "environment",
+    "has_backward",
+    "is_oom",
+    "loadavg",
+    "status_kib",
+    "time_case",
+]
 
 
 # ================================================================================================
@@ -126,14 +136,6 @@ class MemoryMeter:
                 self._libc.mallopt(m_trim_threshold, 128 * 1024)
         self.available = device == "cuda" or Path("/proc/self/clear_refs").exists()
 
-    @staticmethod
-    def _status_kib(field: str) -> int:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-        raise RuntimeError(f"{field} not in /proc/self/status")
-
     def start(self) -> int:
         """Reset the peak; return the baseline in bytes."""
         if self.device == "cuda":
@@ -146,7 +148,7 @@ class MemoryMeter:
             self._libc.malloc_trim(0)
         with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
             fh.write("5")  # reset VmHWM to the current RSS
-        return self._status_kib("VmRSS") * 1024
+        return status_kib("VmRSS") * 1024
 
     def peak(self, baseline: int) -> int | None:
         """Peak bytes above ``baseline`` since ``start``; None when not measurable."""
@@ -155,13 +157,22 @@ class MemoryMeter:
             return torch.cuda.max_memory_allocated() - baseline
         if not self.available:
             return None
-        return max(self._status_kib("VmHWM") * 1024 - baseline, 0)
+        return max(status_kib("VmHWM") * 1024 - baseline, 0)
 
     def free_bytes(self) -> int | None:
         """Memory still free for the next point."""
         if self.device == "cuda":
             return torch.cuda.mem_get_info()[0]
         return _meminfo_bytes("MemAvailable")
+
+
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _meminfo_bytes(field: str) -> int | None:
@@ -253,7 +264,7 @@ def loadavg() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
         for line in fh:
             if line.startswith("model name"):
@@ -265,7 +276,7 @@ def environment(device: str) -> dict[str, Any]:
     """Hardware and software of this run (JSON-ready)."""
     env: dict[str, Any] = {
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

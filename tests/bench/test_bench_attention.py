@@ -209,3 +209,31 @@ def test_cli_runs_a_config(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "cli-attention.md").exists()
     assert main(["--from-json", str(tmp_path / "out" / "cli-attention.json"), "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "cli-attention.png").exists()
+
+
+def test_cpu_memory_compare_measures_a_step_in_fresh_processes(tmp_path):
+    """benchmarks/cpu_memory_compare.py (the CPU peak-memory figures of record) on one tiny op point."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "rows.json"
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    argv = ["--levels", "op", "--engines", "blocked_chunked", "--lengths", "600", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "cpu_memory_compare.py"), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["engine"] for r in rows] == ["blocked_chunked"]
+    for r in rows:
+        assert "error" not in r, r
+        assert 0 < r["step_mib"] < r["process_mib"] and r["rss_before_step_mib"] > 0
+    assert "| op | blocked_chunked | 600 |" in done.stdout

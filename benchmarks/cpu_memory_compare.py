@@ -23,7 +23,7 @@ Engines, fp32:
 
 Usage::
 
-    OMP_NUM_THREADS=2 python scripts/cpu_memory_compare.py --lengths 4096 16384 --out cpu-memory.json
+    OMP_NUM_THREADS=2 python benchmarks/cpu_memory_compare.py --lengths 4096 16384 --out cpu-memory.json
 
 ``--num-memory 0`` measures the GMAT engines without memory slots (M = 0).
 """
@@ -31,16 +31,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib/, beside this file
 
 OP_ENGINES = ("dense_sdpa", "blocked_chunked", "blocked_window")
 MODEL_ENGINES = ("bert_sdpa", "gmat_chunked", "gmat_window")
@@ -55,23 +54,6 @@ MODEL_SIZE = {
     "hidden_dropout_prob": 0.0,
     "attention_probs_dropout_prob": 0.0,
 }
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    with contextlib.suppress(OSError):
-        return ctypes.CDLL(name)
-    return None
 
 
 def _op_step(engine: str, length: int, num_memory: int) -> Callable[[], None]:
@@ -138,46 +120,33 @@ def _model_step(engine: str, length: int, num_memory: int) -> Callable[[], None]
 
 def child(level: str, engine: str, length: int, num_memory: int = NUM_MEMORY) -> dict:
     """Build, warm up, then measure one step; returns the row."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 64 * 1024)
-        libc.mallopt(m_trim_threshold, 128 * 1024)
+    from benchlib.measure import MemoryMeter, status_kib  # mallopt: freed memory goes back to the OS
+
+    meter = MemoryMeter("cpu")
     import torch
 
     step = (_op_step if level == "op" else _model_step)(engine, length, num_memory)
     step()  # warm-up: lazy initialisations, thread pools
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-    warm_peak = _status_kib("VmHWM")  # interpreter, imports, weights, inputs and the warm-up step
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-        fh.write("5")  # reset VmHWM to the current RSS
-    before = _status_kib("VmRSS")
+    warm_peak = status_kib("VmHWM")  # interpreter, imports, weights, inputs and the warm-up step
+    before = meter.start()  # trims, then resets VmHWM to the current RSS
     t0 = time.perf_counter()
     step()
     seconds = time.perf_counter() - t0
-    after_peak = _status_kib("VmHWM")
+    step_bytes = meter.peak(before)
+    after_peak = status_kib("VmHWM")
     # clear_refs reset the high-water mark, so the process's life-long peak is the larger of the two phases
     return {
         "level": level,
         "engine": engine,
         "length": length,
-        "step_mib": (after_peak - before) / 1024,
+        "step_mib": step_bytes / 2**20,
         "process_mib": max(warm_peak, after_peak) / 1024,
         "num_memory": num_memory,
-        "rss_before_step_mib": before / 1024,
+        "rss_before_step_mib": before / 2**20,
         "step_s": seconds,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def _run_child(level: str, engine: str, length: int, num_memory: int) -> dict:
@@ -221,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                 row = _run_child(level, engine, length, args.num_memory)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-    print(f"CPU: {_cpu_model()}, {os.cpu_count()} cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    from benchlib.measure import cpu_model
+
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     print("| level | engine | L | step peak MiB (fwd+bwd) | process peak RSS MiB | step s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
