@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
     AutoModelForTokenClassification,
     AutoTokenizer,
     BertConfig,
@@ -38,7 +39,7 @@ from transformers import (
     XLMRobertaTokenizer,
 )
 
-from gmat import GmatForMaskedLM, GmatModel, convert_bert_to_gmat
+from gmat import GmatForMaskedLM, GmatForQuestionAnswering, GmatModel, convert_bert_to_gmat
 from gmat.cli import main as gmat_main
 from gmat.modeling import convert_to_gmat
 
@@ -461,3 +462,32 @@ def test_family_errors(tmp_path) -> None:
     _family_source("roberta", False, tmp_path / "rel", position_embedding_type="relative_key")
     with pytest.raises(ValueError, match="position_embedding_type='relative_key'"):
         convert_to_gmat(tmp_path / "rel", tmp_path / "o4", num_memory_tokens=0, attention_pattern="dense")
+
+
+@pytest.mark.parametrize("model_type", list(FAMILY_MODELS))
+def test_family_question_answering_keeps_its_span_head(model_type: str, tol, tmp_path) -> None:
+    """A *ForQuestionAnswering source becomes GmatForQuestionAnswering with the same start/end logits (M=0, dense).
+
+    The oracle is the source model itself; with M=4 chunked the span head is carried over unchanged.
+    """
+    config_class, _, _, fields = FAMILY_MODELS[model_type]
+    config = config_class(**fields, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    source = AutoModelForQuestionAnswering.from_config(config).eval()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    source.save_pretrained(tmp_path / "src")
+    convert_to_gmat(tmp_path / "src", tmp_path / "gmat", num_memory_tokens=0, attention_pattern="dense")
+    assert json.loads((tmp_path / "gmat" / "config.json").read_text())["architectures"] == ["GmatForQuestionAnswering"]
+    gmat = GmatForQuestionAnswering.from_pretrained(tmp_path / "gmat").eval()
+    inputs = _family_batch(source, model_type)
+    with torch.no_grad():
+        want, got = source(**inputs), gmat(**inputs)
+    real = inputs["attention_mask"].bool()
+    for name in ("start_logits", "end_logits"):
+        torch.testing.assert_close(getattr(got, name)[real], getattr(want, name)[real], **tol("bert_oracle"))
+
+    convert_to_gmat(tmp_path / "src", tmp_path / "m4", num_memory_tokens=4, attention_pattern="chunked", chunk_size=8)
+    long = GmatForQuestionAnswering.from_pretrained(tmp_path / "m4")
+    assert torch.equal(long.qa_outputs.weight, source.qa_outputs.weight)
+    assert torch.equal(long.qa_outputs.bias, source.qa_outputs.bias)

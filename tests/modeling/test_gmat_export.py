@@ -8,11 +8,25 @@ import logging
 import pytest
 import torch
 import torch._dynamo as dynamo
-from transformers import BertModel
+from transformers import (
+    AutoModel,
+    BertForMaskedLM,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
 
 import gmat.commands.export as export_command
 import gmat.modeling.export as export_module
-from gmat import GmatForMaskedLM, GmatForQuestionAnswering, GmatForSequenceClassification, GmatModel
+from gmat import (
+    GmatForMaskedLM,
+    GmatForQuestionAnswering,
+    GmatForSequenceClassification,
+    GmatForTokenClassification,
+    GmatModel,
+)
+from gmat.modeling import convert_to_gmat
 from gmat.modeling.export import onnx_output_names
 
 PATTERNS = [
@@ -242,3 +256,86 @@ def test_export_onnx_bad_input_exit_2(bert_config, tmp_path, caplog) -> None:
     assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(SystemExit):  # only onnx is a format
         _export_cli(["tflite", "--model", str(tmp_path / "bert"), "--out", str(tmp_path / "x")])
+
+
+# ---- gmat export bert: a GMAT model with M=0 and the dense pattern as transformers' BERT -----------------------
+BERT_EXPORTS = [
+    (GmatModel, BertModel),
+    (GmatForMaskedLM, BertForMaskedLM),
+    (GmatForQuestionAnswering, BertForQuestionAnswering),
+    (GmatForSequenceClassification, BertForSequenceClassification),
+    (GmatForTokenClassification, BertForTokenClassification),
+]
+
+
+@pytest.mark.parametrize(("model_class", "bert_class"), BERT_EXPORTS, ids=[c.__name__ for c, _ in BERT_EXPORTS])
+def test_export_bert_matches_transformers(model_class, bert_class, gmat_config, tol, tmp_path) -> None:
+    """``gmat export bert``: transformers' own class loads the folder and computes what the GMAT model computes."""
+    model = model_class(gmat_config(num_memory_tokens=0, attention_pattern="dense", num_labels=3)).eval()
+    with torch.no_grad():  # perturbed: a dropped bias, LayerNorm or head weight changes the outputs
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(tmp_path / "gmat")
+    assert _export_cli(["bert", "--model", str(tmp_path / "gmat"), "--out", str(tmp_path / "bert")]) == 0
+    bert = AutoModel.from_pretrained(tmp_path / "bert") if bert_class is BertModel else None
+    bert = bert or bert_class.from_pretrained(tmp_path / "bert")
+    assert type(bert) is bert_class
+    inputs = _padded(3, 29, seed=4)
+    real = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        want, got = model(**inputs), bert.eval()(**inputs)
+    names = [k for k in ("last_hidden_state", "pooler_output", "logits", "start_logits", "end_logits") if k in got]
+    assert names
+    for name in names:
+        ours, theirs = getattr(want, name), getattr(got, name)
+        if ours.shape[:2] == real.shape:
+            ours, theirs = ours[real], theirs[real]
+        torch.testing.assert_close(theirs, ours, **tol("bert_oracle"), msg=lambda m, n=name: f"{n}: {m}")
+    with torch.no_grad():  # the export's own check fails loudly on weights that do not compute the model
+        for p in bert.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    with pytest.raises(RuntimeError, match="differs from the GMAT model's"):
+        export_module._verify_bert(model, bert, tmp_path / "bert")
+
+
+def test_export_bert_then_convert_keeps_the_span_head(gmat_config, tmp_path) -> None:
+    """A short-input QA model, exported and converted to M=4 chunked at 4x the length, keeps every weight."""
+    model = GmatForQuestionAnswering(gmat_config(num_memory_tokens=0, attention_pattern="dense"))
+    model.save_pretrained(tmp_path / "short")
+    export_module.export_bert(tmp_path / "short", tmp_path / "bert")
+    length = 4 * model.config.max_position_embeddings
+    convert_to_gmat(
+        tmp_path / "bert",
+        tmp_path / "long",
+        num_memory_tokens=4,
+        attention_pattern="chunked",
+        chunk_size=8,
+        max_length=length,
+    )
+    long = GmatForQuestionAnswering.from_pretrained(tmp_path / "long")
+    assert long.config.max_position_embeddings == length and long.config.num_memory_tokens == 4
+    theirs = long.state_dict()
+    for key, value in model.state_dict().items():
+        if key == "gmat.embeddings.position_embeddings.weight":  # extended by copies of the table
+            torch.testing.assert_close(theirs[key], value.repeat(4, 1), rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(theirs[key], value, rtol=0, atol=0, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_export_bert_refuses_memory_and_sparse_patterns(gmat_config, tmp_path, caplog) -> None:
+    """Memory or a sparse pattern: not a BERT; one line naming --model, exit 2, nothing written."""
+    cases = {
+        "m2": (dict(num_memory_tokens=2, attention_pattern="dense"), "has M=2 and pattern 'dense'"),
+        "chunked": (
+            dict(num_memory_tokens=0, attention_pattern="chunked", chunk_size=4),
+            "has M=0 and pattern 'chunked'",
+        ),
+    }
+    for name, (fields, message) in cases.items():
+        GmatModel(gmat_config(**fields)).save_pretrained(tmp_path / name)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert _export_cli(["bert", "--model", str(tmp_path / name), "--out", str(tmp_path / "out")]) == 2
+        want = f"gmat export: --model {tmp_path / name}: {message}; only M=0 with the dense pattern is a BERT"
+        assert [r.getMessage() for r in caplog.records] == [want]
+    assert not (tmp_path / "out").exists()

@@ -21,7 +21,10 @@ from ``config.json``'s ``model_type``; what differs between families is one row 
 A base-model checkpoint (``BertModel``, ``RobertaModel``, ...) becomes a ``GmatModel`` checkpoint; loading it
 with a head gives a freshly initialised head. A ``*ForMaskedLM`` checkpoint becomes a ``GmatForMaskedLM``
 checkpoint (``gmat.*`` + ``cls.predictions.*``) that keeps its trained head; the decoder weight stays tied to
-the word embeddings. Other heads (classifiers, NSP, discriminator) are dropped.
+the word embeddings. A ``*ForQuestionAnswering`` checkpoint (every family names its span head
+``qa_outputs``) becomes a ``GmatForQuestionAnswering`` checkpoint that keeps its trained head, so a SQuAD-tuned
+encoder can be made long without relearning span extraction. Other heads (classifiers, NSP, discriminator) are
+dropped.
 
 **Position embeddings** are extended to ``max_length`` by copying the pretrained table over and over
 (position k gets row ``k mod P``, P = the number of usable pretrained positions): the Longformer recipe, which
@@ -53,7 +56,12 @@ from safetensors.torch import load_file
 
 from gmat.modeling.configuration_gmat import GmatConfig
 from gmat.modeling.loading import save_tensors, write_manifest
-from gmat.modeling.modeling_gmat import GmatForMaskedLM, GmatModel, GmatPreTrainedModel
+from gmat.modeling.modeling_gmat import (
+    GmatForMaskedLM,
+    GmatForQuestionAnswering,
+    GmatModel,
+    GmatPreTrainedModel,
+)
 
 __all__ = [
     "FAMILIES",
@@ -80,7 +88,7 @@ TOKENIZER_FILES = (
 )
 
 # GmatConfig fields read from the source config (under the family's name for them, see Family.fields).
-_BERT_FIELDS = (
+BERT_FIELDS = (
     "vocab_size",
     "hidden_size",
     "num_hidden_layers",
@@ -107,6 +115,7 @@ _REQUIRED_KEYS = (
 _TOKEN_TYPES = "embeddings.token_type_embeddings.weight"
 
 _MLM_PREFIX = "cls.predictions."
+_QA_HEAD = ("qa_outputs.weight", "qa_outputs.bias")  # the span head of every family's *ForQuestionAnswering
 
 
 @dataclass(frozen=True)
@@ -247,7 +256,7 @@ def is_bert_checkpoint(source: str | Path) -> bool:
 
 
 def _read_config(source: Path) -> tuple[Family, dict]:
-    """The source's family and its config as GmatConfig fields (``_BERT_FIELDS`` it has)."""
+    """The source's family and its config as GmatConfig fields (``BERT_FIELDS`` it has)."""
     path = source / "config.json"
     if not path.is_file():
         raise ValueError(f"{source} is not a BERT-like checkpoint: no config.json")
@@ -265,14 +274,14 @@ def _read_config(source: Path) -> tuple[Family, dict]:
     if config.get("is_decoder", False):
         raise ValueError(f"{source}: is_decoder=True (a causal model) cannot become a GMAT encoder")
     names = dict(family.fields)
-    fields = {f: config[names.get(f, f)] for f in _BERT_FIELDS if names.get(f, f) in config}
+    fields = {f: config[names.get(f, f)] for f in BERT_FIELDS if names.get(f, f) in config}
     fields.update(family.fixed)
     if config.get("embedding_size", fields.get("hidden_size")) != fields.get("hidden_size"):
         raise ValueError(
             f"{source}: embedding_size={config['embedding_size']} differs from hidden_size="
             f"{fields.get('hidden_size')}; GMAT has no embedding projection (embeddings_project)"
         )
-    missing = [names.get(f, f) for f in _BERT_FIELDS if f not in fields and f != "classifier_dropout"]
+    missing = [names.get(f, f) for f in BERT_FIELDS if f not in fields and f != "classifier_dropout"]
     if missing:
         raise ValueError(f"{source}: config.json lacks the {model_type} fields {missing}")
     return family, fields
@@ -310,9 +319,10 @@ def load_bert_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
 def _normalise_keys(
     state: dict[str, torch.Tensor], source: Path, family: Family
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Split a state dict into encoder and MLM-head tensors.
+    """Split a state dict into encoder and head tensors.
 
-    Encoder keys get BERT's names without prefix; head keys get GMAT's names under ``cls.predictions.``.
+    Encoder keys get BERT's names without prefix; MLM-head keys get GMAT's names under ``cls.predictions.``;
+    a span head keeps its name (``qa_outputs.*``, as in GMAT).
     """
     encoder: dict[str, torch.Tensor] = {}
     head: dict[str, torch.Tensor] = {}
@@ -320,8 +330,8 @@ def _normalise_keys(
     for key, value in state.items():
         key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
         head_name = next((dst + key[len(src) :] for src, dst in family.head if key.startswith(src)), None)
-        if head_name is not None:
-            head[head_name] = value
+        if head_name is not None or key in _QA_HEAD:
+            head[head_name or key] = value
             continue
         name = key.removeprefix(family.prefix)
         for old, new in family.renames:
@@ -453,10 +463,10 @@ def convert_to_gmat(
     """Write a GMAT checkpoint (weights, config, tokenizer) built from a BERT-family checkpoint.
 
     Args:
-        source: directory of a base-model or ``*ForMaskedLM`` checkpoint of a family in ``FAMILIES`` (BERT,
-            RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, DistilBERT; read from ``config.json``'s
-            ``model_type``), weights in safetensors or ``pytorch_model.bin``; or the name of a packaged
-            one (``"minilm"``, see ``PACKAGED_CHECKPOINTS``).
+        source: directory of a base-model, ``*ForMaskedLM`` or ``*ForQuestionAnswering`` checkpoint of a
+            family in ``FAMILIES`` (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA, DistilBERT; read from
+            ``config.json``'s ``model_type``), weights in safetensors or ``pytorch_model.bin``; or the name
+            of a packaged one (``"minilm"``, see ``PACKAGED_CHECKPOINTS``).
         target: output directory (created; existing files with the same names are overwritten).
         num_memory_tokens: M.
         attention_pattern: ``"chunked"``, ``"window"`` or ``"dense"``.
@@ -477,7 +487,8 @@ def convert_to_gmat(
         raise ValueError(f"source checkpoint directory {source} does not exist")
     family, fields = _read_config(source)
     encoder, head = _normalise_keys(load_bert_state_dict(source), source, family)
-    if head and family.head_act is not None and fields["hidden_act"] != family.head_act:
+    span_head = bool(set(_QA_HEAD) & set(head))
+    if head and not span_head and family.head_act is not None and fields["hidden_act"] != family.head_act:
         raise ValueError(
             f"{source}: its MLM head applies {family.head_act!r} but hidden_act={fields['hidden_act']!r}; "
             f"GMAT's head uses hidden_act, so the logits would differ"
@@ -514,7 +525,11 @@ def convert_to_gmat(
     encoder["embeddings.position_embeddings.weight"] = _extend_positions(old_positions, max_length)
 
     model: GmatPreTrainedModel
-    if head:
+    if span_head:
+        model = GmatForQuestionAnswering(config)
+        state = {f"gmat.{k}": v for k, v in encoder.items() if not k.startswith("pooler.")}
+        state.update({k: head[k] for k in _QA_HEAD if k in head})
+    elif head:
         model = GmatForMaskedLM(config)
         state = _mlm_state(encoder, head, source)
     else:

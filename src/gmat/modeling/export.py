@@ -17,6 +17,14 @@ and length and compares every output with the eager model (``verify=True``), so 
 the trace shape is an error, not a file.
 
 Needs ``onnx``, ``onnxscript`` (the exporter) and ``onnxruntime`` (the check), imported only when called.
+
+``export_bert`` (``gmat export bert``) writes a GMAT model without memory and with the dense pattern (that is,
+a BERT) as a plain transformers BERT checkpoint of the matching class (``BertModel``, ``BertForMaskedLM``,
+``BertForQuestionAnswering``, ``BertForSequenceClassification``, ``BertForTokenClassification``): the weights
+keep their names, ``gmat.`` becomes ``bert.``. The result loads anywhere BERT does, and ``gmat convert`` makes it
+a GMAT model of another pattern, memory or length again, head included (the way to start long-document models
+from a GMAT model fine-tuned on short inputs). The written checkpoint is run against the GMAT model before the
+call returns.
 """
 
 from __future__ import annotations
@@ -24,12 +32,14 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from gmat.modeling.configuration_gmat import GmatConfig
+from gmat.modeling.convert import BERT_FIELDS, TOKENIZER_FILES
 from gmat.modeling.modeling_gmat import (
     GmatForMaskedLM,
     GmatForQuestionAnswering,
@@ -40,7 +50,7 @@ from gmat.modeling.modeling_gmat import (
 )
 from gmat.ops.blocked import window_block_size
 
-__all__ = ["export_onnx", "load_for_export", "onnx_output_names"]
+__all__ = ["export_bert", "export_onnx", "load_for_export", "onnx_output_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -242,3 +252,82 @@ def _verify(model: nn.Module, path: Path, names: list[str], batches: list[dict[s
                     f"{path}: ONNX Runtime's {name} differs from PyTorch by up to {error:.3g} (allowed "
                     f"{atol} + {rtol}·|value|) at (B, L)={shape}"
                 )
+
+
+# GMAT class -> the transformers BERT class with the same head (and the same head weight names).
+_BERT_CLASSES = {
+    "GmatModel": "BertModel",
+    "GmatForMaskedLM": "BertForMaskedLM",
+    "GmatForQuestionAnswering": "BertForQuestionAnswering",
+    "GmatForSequenceClassification": "BertForSequenceClassification",
+    "GmatForTokenClassification": "BertForTokenClassification",
+}
+
+
+def export_bert(model_dir: str | Path, out_dir: str | Path, *, verify: bool = True) -> Path:
+    """Write a GMAT checkpoint with M=0 and the dense pattern as a transformers BERT checkpoint (module doc).
+
+    Args:
+        model_dir: the GMAT checkpoint directory.
+        out_dir: the folder to write (config, ``model.safetensors``, the tokenizer files; created).
+        verify: load the written folder with transformers and compare its outputs with the GMAT model's on a
+            right-padded batch (``VERIFY_TOL``, real tokens).
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ValueError: when ``model_dir`` is not a GMAT checkpoint, has memory slots or a sparse pattern (a BERT
+            would compute something else), or ``out_dir`` is ``model_dir``.
+        RuntimeError: when the BERT checkpoint's outputs differ from the GMAT model's.
+    """
+    import transformers
+
+    model = load_for_export(model_dir, attn_backend=None)
+    config = model.config
+    if config.num_memory_tokens or config.attention_pattern != "dense":
+        raise ValueError(
+            f"--model {model_dir}: has M={config.num_memory_tokens} and pattern {config.attention_pattern!r}; "
+            f"only M=0 with the dense pattern is a BERT"
+        )
+    out = Path(out_dir)
+    if out.resolve() == Path(model_dir).resolve():
+        raise ValueError(f"--out {out_dir} is the model's own folder")
+    fields = {f: getattr(config, f) for f in BERT_FIELDS if hasattr(config, f)}
+    name = _BERT_CLASSES[type(model).__name__]
+    # BERT's span head has num_labels outputs, GMAT's always 2 (start, end).
+    labels = {"num_labels": 2} if name == "BertForQuestionAnswering" else {"id2label": config.id2label}
+    bert_config = transformers.BertConfig(**fields, **labels, max_position_embeddings=config.max_position_embeddings)
+    bert = getattr(transformers, name)(bert_config).eval()
+    state = {(f"bert.{k[5:]}" if k.startswith("gmat.") else k): v for k, v in model.state_dict().items()}
+    if "cls.predictions.bias" in state:  # BertForMaskedLM names its decoder bias twice (tied)
+        state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"]
+    bert.load_state_dict(state, strict=True)
+    bert_config.architectures = [name]
+    out.mkdir(parents=True, exist_ok=True)
+    bert.save_pretrained(out)
+    for file in TOKENIZER_FILES:
+        if (Path(model_dir) / file).is_file():
+            shutil.copyfile(Path(model_dir) / file, out / file)
+    if verify:
+        _verify_bert(model, getattr(transformers, name).from_pretrained(out).eval(), out)
+    logger.info("wrote %s (%s from %s)", out, name, type(model).__name__)
+    return out
+
+
+def _verify_bert(model: GmatPreTrainedModel, bert: nn.Module, out: Path) -> None:
+    """Raise unless ``bert`` computes what ``model`` computes on a right-padded batch (real tokens)."""
+    inputs = _example(model.config, 2, min(model.config.max_position_embeddings, 37), seed=0)
+    real = inputs["attention_mask"].bool()
+    atol, rtol = VERIFY_TOL
+    with torch.no_grad():
+        want, got = model(**inputs, return_dict=True), bert(**inputs, return_dict=True)
+    for key in ("last_hidden_state", "pooler_output", "logits", "start_logits", "end_logits"):
+        ours, theirs = getattr(want, key, None), getattr(got, key, None)
+        if ours is None or theirs is None:
+            continue
+        if tuple(ours.shape[:2]) == tuple(real.shape):
+            ours, theirs = ours[real], theirs[real]
+        if not torch.allclose(theirs, ours, atol=atol, rtol=rtol):
+            error = (theirs - ours).abs().max().item()
+            raise RuntimeError(f"{out}: the BERT checkpoint's {key} differs from the GMAT model's by up to {error:.3g}")
