@@ -73,6 +73,12 @@ class RCPlan:
     memories: tuple[int, ...] = (0, 64, 16)  # the last runs only if four runs still get target_steps
     batch_size: int = 16  # long features per step; the window baseline takes length / window_length times as many
     lr: float = 3e-4  # on CPU, 5e-4 beat 1e-4 after 100 steps (F1 8.6 vs 6.1, one run each)
+    seed: int = 0  # task.seed: which training / dev questions, and their order
+    # From a SQuAD-tuned init (inputs whose model has a span head, docs/gpu-research.md): a lower lr, so the runs
+    # adapt the tuned encoder to long documents rather than retrain it (a choice, not measured), and other
+    # training questions than the tuning's (it used task.seed 0).
+    tuned_lr: float = 1e-4
+    tuned_seed: int = 1
     eval_questions: int = 1000
     # The first H200 run's 20-step probe measured 0.445 s per step over steps 5-20 while the runs then averaged
     # 0.19-0.27 s per step, and its 200-question evaluation scaled to 1000 predicted 26 s where the runs spent
@@ -326,6 +332,13 @@ def run_probe(
 
 
 # ---- the RC part ----------------------------------------------------------------------------------------------
+def rc_plan_for_init(plan: RCPlan, inputs: dict) -> RCPlan:
+    """The plan for the inputs' model: ``tuned_lr`` / ``tuned_seed`` when it carries a trained span head."""
+    if str(inputs.get("model_architecture")).endswith("ForQuestionAnswering"):
+        return dataclasses.replace(plan, lr=plan.tuned_lr, seed=plan.tuned_seed)
+    return plan
+
+
 def rc_config(
     plan: RCPlan,
     inputs: Path,
@@ -358,7 +371,7 @@ def rc_config(
             "window_length": plan.window_length,
             "stride": plan.stride,
             "distance_chunk_size": plan.distance_chunk_size,
-            "seed": 0,
+            "seed": plan.seed,
         },
         "model": model,
         "train": {
@@ -776,6 +789,9 @@ def summary_markdown(state: dict, rc_rows: list[dict], mlm: list[dict]) -> str:
         f"Hardware: {env.get('gpu', '?')}; torch {env.get('torch')}, transformers "
         f"{env.get('transformers')}, triton {env.get('triton')}, python {env.get('python')}.",
         "",
+        f"RC init: {state.get('inputs', {}).get('model_architecture')} from "
+        f"{state.get('inputs', {}).get('model_source')} ({state.get('inputs', {}).get('model_note') or 'no note'}).",
+        "",
     ]
     for name in ("rc", "mlm"):
         part = state["parts"].get(name)
@@ -908,6 +924,7 @@ def main(argv: list[str] | None = None) -> int:
     state["inputs"].pop("files", None)
     runner = Runner(work, args.device, args.in_process)
     rc_plan, mlm_plan = PLANS[args.plan]
+    rc_plan = rc_plan_for_init(rc_plan, state["inputs"])
 
     def report() -> None:
         try:

