@@ -13,8 +13,10 @@ in ``--out`` (6 files, none in a subfolder; with log.txt 7 of the 8 the device r
 
 Parts, each with its own deadline (``--seconds``), failing soft (a failed run is recorded, the rest go on):
 
-* ``rc``: converted MiniLM at L=4096. A 20-step probe of GMAT chunked M=64 measures seconds per step and
-  the fixed cost of a run; the steps are then sized so that the 512-token window baseline (dense, question in
+* ``rc``: converted MiniLM at L=4096 (the inputs' model: raw MiniLM, or MiniLM tuned on short SQuAD documents
+  with its span head, whose runs take ``tuned_lr`` and other questions). A 40-step probe of GMAT chunked M=64
+  measures seconds per step and the fixed cost of a run; the steps are then sized so that the 512-token window
+  baseline (dense, question in
   every window, same tokens per step), chunked M=0 (C=512), GMAT chunked M=64 and, if the budget leaves at least
   ``target_steps`` for four runs, M=16 train on the same questions (one pass: steps x batch) for the same steps.
   The verdict checks the baseline's dev F1 >= 50 (below: the budget was too small to conclude anything).
