@@ -140,6 +140,7 @@ def test_dry_run_writes_the_reports_within_the_device_limits(driver, inputs_modu
     state = json.loads((out / "research.json").read_text())
     rc, mlm = state["parts"]["rc"], state["parts"]["mlm"]
     assert rc["status"] == "done" and mlm["status"] == "done"
+    assert mlm["plan"]["init"] == "minilm"  # the MLM models start from the inputs' (tiny) BERT
     assert rc["probe_timing"]["s_per_step"] > 0 and rc["sizing"]["steps"] == 3
     # every run finished, with checkpoints off, its folder under --work
     assert [r["name"] for r in rc["runs"]] == ["bert512-windows", "chunked-m0", "chunked-m4", "chunked-m2"]
@@ -295,3 +296,23 @@ def test_a_squad_tuned_init_keeps_its_span_head_in_every_run(driver, inputs_modu
         model = create_task(run.task).build_model(run.model)
         assert model.config.num_memory_tokens == memory
         torch.testing.assert_close(model.qa_outputs.weight, want, rtol=0, atol=0)
+    # MLM from MiniLM needs a plain encoder: from these inputs the part stops with a reason naming the fix
+    _, mlm_plan = driver.PLANS["tiny"]
+    state = {"parts": {}, "inputs": manifest}
+    with pytest.raises(ValueError, match="build the inputs with --model minilm for the MLM part, or pass --mlm-init"):
+        driver.run_mlm(mlm_plan, tmp_path / "inputs", None, 0.0, state, lambda: None)
+
+
+def test_mlm_config_from_minilm_or_from_scratch(driver, tmp_path: Path) -> None:
+    """``minilm``: the inputs' model converted (its own sizes) at the pretrained lr; ``scratch``: the plan's sizes."""
+    _, plan = driver.PLANS["h200"]
+    caches = {"train": tmp_path / "train", "valid": tmp_path / "valid"}
+    kwargs = dict(name="x", memory=64, seed=1, steps=10, log_every=1)
+    pretrained = driver.mlm_config(plan, tmp_path, caches, "cuda", **kwargs)
+    assert (
+        pretrained["task"]["pretrained"] == str(tmp_path / "minilm") and pretrained["train"]["lr"] == plan.pretrained_lr
+    )
+    assert pretrained["model"] == {"num_memory_tokens": 64, "attention_pattern": "chunked", "chunk_size": 256}
+    scratch = driver.mlm_config(driver.dataclasses.replace(plan, init="scratch"), tmp_path, caches, "cuda", **kwargs)
+    assert "pretrained" not in scratch["task"] and scratch["train"]["lr"] == plan.lr
+    assert scratch["model"]["hidden_size"] == plan.hidden_size
