@@ -141,6 +141,11 @@ def test_dry_run_writes_the_reports_within_the_device_limits(driver, inputs_modu
     rc, mlm = state["parts"]["rc"], state["parts"]["mlm"]
     assert rc["status"] == "done" and mlm["status"] == "done"
     assert mlm["plan"]["init"] == "minilm"  # the MLM models start from the inputs' (tiny) BERT
+    # RC stage 1: the tiny BERT tuned on short documents, exported; every run starts from it with the tuned plan
+    assert rc["tuning"]["status"] == "finished" and rc["init"] == str(work / "rc-init")
+    assert (work / "rc-init" / "config.json").is_file()
+    assert rc["plan"]["lr"] == rc["plan"]["tuned_lr"] and rc["plan"]["seed"] == rc["plan"]["tuned_seed"]
+    assert all(r["results"]["config"]["task"]["pretrained"] == rc["init"] for r in rc["runs"])
     assert rc["probe_timing"]["s_per_step"] > 0 and rc["sizing"]["steps"] == 3
     # every run finished, with checkpoints off, its folder under --work
     assert [r["name"] for r in rc["runs"]] == ["bert512-windows", "chunked-m0", "chunked-m4", "chunked-m2"]
@@ -166,6 +171,7 @@ def test_dry_run_writes_the_reports_within_the_device_limits(driver, inputs_modu
     assert "unigram entropy" in mlm["verdict"]
     summary = (out / "summary.md").read_text()
     assert "## rc: done" in summary and "## mlm: done" in summary and "Δ outside_chunk" in summary
+    assert "Short-SQuAD stage: finished" in summary
     # what comes back from the device: at most 8 files (log.txt is the 7th), 16 MiB each, no deeper than OUT/a/b
     files = [f for f in out.rglob("*") if f.is_file()]
     assert sorted(f.name for f in files) == sorted(driver.REPORT_FILES)
@@ -226,10 +232,16 @@ def test_a_failed_part_is_recorded_and_the_next_part_still_runs(driver, inputs_m
     inputs_module.build_inputs(inputs, limit_bytes=60 * 2**20, **sources)
     (inputs / "squad" / "train.json.gz").unlink()  # every RC run fails, starting with the probe
     args = ["--inputs", str(inputs), "--out", str(out), "--work", str(tmp_path / "work"), "--plan", "tiny"]
-    assert driver.main([*args, "--device", "cpu", "--in-process", "--parts", "rc,mlm"]) == 0
+    # with stage 1 (the default) the tuning run is the first to fail; without it (--rc-tune-steps 0), the probe
+    assert driver.main([*args, "--device", "cpu", "--in-process", "--parts", "rc"]) == 0
+    rc = json.loads((out / "research.json").read_text())["parts"]["rc"]
+    assert rc["status"] == "failed: the short-SQuAD tuning did not finish" and "probe" not in rc
+    assert "train.json.gz" in rc["tuning"]["error"]
+    assert driver.main([*args, "--device", "cpu", "--in-process", "--parts", "rc,mlm", "--rc-tune-steps", "0"]) == 0
     state = json.loads((out / "research.json").read_text())
     rc = state["parts"]["rc"]
     assert rc["status"] == "failed: the probe did not finish" and "train.json.gz" in rc["probe"]["error"]
+    assert "tuning" not in rc and rc["init"] == str(inputs / "minilm")
     assert "did not finish: nothing can be concluded" in rc["verdict"] and not (out / "rc.json").exists()
     assert state["parts"]["mlm"]["status"] == "done" and len(json.loads((out / "mlm.json").read_text())) == 4
 
@@ -251,8 +263,8 @@ def test_steps_fill_the_deadline_without_passing_it(driver) -> None:
 
 
 def test_a_squad_tuned_init_keeps_its_span_head_in_every_run(driver, inputs_module, sources, tmp_path) -> None:
-    """Inputs built from a BertForQuestionAnswering (a `gmat export bert` of a short-SQuAD model): the plan takes
-    the tuned lr and other questions, and every RC run's model starts with that trained span head."""
+    """Inputs built from a BertForQuestionAnswering (a `gmat export bert` of a short-SQuAD model) count as tuned
+    (no stage 1 on the device), and an RC run's model built from them starts with that trained span head."""
     from transformers import BertForQuestionAnswering
 
     from gmat.tasks.registry import create_task
@@ -273,10 +285,9 @@ def test_a_squad_tuned_init_keeps_its_span_head_in_every_run(driver, inputs_modu
     )
     assert manifest["model_architecture"] == "BertForQuestionAnswering"
     assert manifest["model_note"] == "short SQuAD, 3 steps"
+    assert driver.is_tuned(manifest) and not driver.is_tuned({"model_architecture": "BertModel"})
     plain, _ = driver.PLANS["tiny"]
-    plan = driver.rc_plan_for_init(plain, manifest)
-    assert (plan.lr, plan.seed) == (plain.tuned_lr, plain.tuned_seed) != (plain.lr, plain.seed)
-    assert driver.rc_plan_for_init(plain, {"model_architecture": "BertModel"}) == plain
+    plan = driver.dataclasses.replace(plain, lr=plain.tuned_lr, seed=plain.tuned_seed)
     want = source.qa_outputs.weight.half().float()  # the inputs store fp16 weights
     for memory, windows in ((0, True), (4, False)):
         config = driver.rc_config(
