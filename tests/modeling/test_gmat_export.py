@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 import pytest
@@ -339,3 +340,20 @@ def test_export_bert_refuses_memory_and_sparse_patterns(gmat_config, tmp_path, c
         want = f"gmat export: --model {tmp_path / name}: {message}; only M=0 with the dense pattern is a BERT"
         assert [r.getMessage() for r in caplog.records] == [want]
     assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_weights_its_class_would_drop(gmat_config, tmp_path, caplog) -> None:
+    """config.json naming GmatModel over a QA model's weights (as training wrote before the fix): exit 2, one line,
+    instead of an export without the span head."""
+    model = GmatForQuestionAnswering(gmat_config(num_memory_tokens=0, attention_pattern="dense"))
+    model.save_pretrained(tmp_path / "qa")
+    config = json.loads((tmp_path / "qa" / "config.json").read_text())
+    (tmp_path / "qa" / "config.json").write_text(json.dumps({**config, "architectures": ["GmatModel"]}))
+    for fmt, out in (("bert", tmp_path / "bert"), ("onnx", tmp_path / "x.onnx")):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert _export_cli([fmt, "--model", str(tmp_path / "qa"), "--out", str(out)]) == 2
+        [line] = [r.getMessage() for r in caplog.records]
+        assert line.startswith(f"gmat export: --model {tmp_path / 'qa'}: does not load as GmatModel")
+        assert "--allow" not in line and "\n" not in line and line.count(str(tmp_path / "qa")) == 1
+        assert not out.exists()

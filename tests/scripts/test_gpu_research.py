@@ -143,7 +143,8 @@ def test_dry_run_writes_the_reports_within_the_device_limits(driver, inputs_modu
     assert mlm["plan"]["init"] == "minilm"  # the MLM models start from the inputs' (tiny) BERT
     # RC stage 1: the tiny BERT tuned on short documents, exported; every run starts from it with the tuned plan
     assert rc["tuning"]["status"] == "finished" and rc["init"] == str(work / "rc-init")
-    assert (work / "rc-init" / "config.json").is_file()
+    init = json.loads((work / "rc-init" / "config.json").read_text())
+    assert init["architectures"] == ["BertForQuestionAnswering"]  # the span head travels on
     assert rc["plan"]["lr"] == rc["plan"]["tuned_lr"] and rc["plan"]["seed"] == rc["plan"]["tuned_seed"]
     assert all(r["results"]["config"]["task"]["pretrained"] == rc["init"] for r in rc["runs"])
     assert rc["probe_timing"]["s_per_step"] > 0 and rc["sizing"]["steps"] == 3

@@ -110,3 +110,31 @@ def test_extra_files_are_saved_atomically_and_listed_in_the_manifest(tmp_path):
         with pytest.raises(ValueError, match="files"):
             ckpt.save_weights(tmp_path / "bad", _model(0), {bad: b"x"})
     assert not (tmp_path / "bad").exists() and not (tmp_path / "escape.json").exists()
+
+
+def test_saved_config_names_the_class_that_holds_the_weights(tmp_path):
+    """A QA model built from a converted encoder inherits architectures=['GmatModel']; its saved folders must
+    name GmatForQuestionAnswering, or loaders that go by the name (gmat export) load it without its head."""
+    from gmat import GmatConfig, GmatForQuestionAnswering
+    from gmat.modeling.export import load_for_export
+
+    config = GmatConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_memory_tokens=0,
+        attention_pattern="dense",
+        architectures=["GmatModel"],
+    )
+    model = GmatForQuestionAnswering(config)
+    for folder in (
+        ckpt.save_weights(tmp_path / "best", model),
+        save_checkpoint(tmp_path / "ckpt", 1, model, _state(1)),
+    ):
+        assert json.loads((folder / "config.json").read_text())["architectures"] == ["GmatForQuestionAnswering"]
+        loaded = load_for_export(folder)
+        assert type(loaded) is GmatForQuestionAnswering
+        torch.testing.assert_close(loaded.qa_outputs.weight, model.qa_outputs.weight, rtol=0, atol=0)

@@ -40,6 +40,7 @@ from torch import nn
 
 from gmat.modeling.configuration_gmat import GmatConfig
 from gmat.modeling.convert import BERT_FIELDS, TOKENIZER_FILES
+from gmat.modeling.loading import CheckpointError, load_pretrained
 from gmat.modeling.modeling_gmat import (
     GmatForMaskedLM,
     GmatForQuestionAnswering,
@@ -96,7 +97,14 @@ def load_for_export(model_dir: str | Path, attn_backend: str | None = "blocked")
     if name not in _CLASSES:
         raise ValueError(f"--model {model_dir}: architectures[0]={name!r} is not one of {sorted(_CLASSES)}")
     overrides = {} if attn_backend is None else {"attn_backend": attn_backend}
-    return _CLASSES[name].from_pretrained(path, **overrides).eval()
+    try:  # verified: weights that the named class has no place for (another head) are refused, not dropped
+        model, _ = load_pretrained(_CLASSES[name], path, **overrides)
+    except CheckpointError as err:
+        reason = str(err).removeprefix(f"{path}: ").split(" (pass --")[0].split("; or pass --")[0]  # not export's flags
+        raise ValueError(
+            f"--model {model_dir}: does not load as {name}, the class its config.json names: {reason}"
+        ) from err
+    return model.eval()
 
 
 def onnx_output_names(model: GmatPreTrainedModel) -> list[str]:

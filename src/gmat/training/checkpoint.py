@@ -193,6 +193,9 @@ def _save_dir(
     _fsync_file(tmp / MODEL_FILE)
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
+        # The class that holds these weights, as save_pretrained writes it: a model built from a converted
+        # encoder inherits the encoder's architectures, and loaders that go by it (gmat export) dropped the head.
+        config.architectures = [type(model).__name__]
         with open(tmp / CONFIG_FILE, "w") as f:
             f.write(config.to_json_string())
             f.flush()
